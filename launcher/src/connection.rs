@@ -1,0 +1,131 @@
+//! One client connection, start to finish: sniff -> TLS -> request -> connect target ->
+//! relay -> close. Every step is bounded in time, and every failure ends this connection
+//! only, with one log line saying why.
+
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::frame::close_code;
+use crate::relay::{self, RelayOptions};
+use crate::request;
+use crate::server::Shared;
+use crate::sniff::{self, Sniffed};
+use crate::stream::ClientStream;
+use crate::target;
+
+/// Serves one accepted connection; logs instead of returning errors.
+pub async fn handle(tcp: TcpStream, shared: Arc<Shared>) {
+    let config = &shared.config;
+    let accepted = Instant::now();
+    let deadline = accepted + config.handshake_timeout;
+    tracing::debug!("accepted connection");
+
+    let stream = match sniff::sniff(&tcp, config.first_byte_timeout).await {
+        Ok(Sniffed::Tls) => {
+            let acceptor = match shared.tls.acceptor() {
+                Ok(acceptor) => acceptor,
+                Err(err) => {
+                    tracing::warn!("TLS connection refused: {err}");
+                    return;
+                }
+            };
+            match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
+                Ok(Err(err)) => {
+                    tracing::info!("TLS handshake failed: {err}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(
+                        "TLS handshake not finished within {:?}",
+                        config.handshake_timeout
+                    );
+                    return;
+                }
+            }
+        }
+        Ok(Sniffed::Plain) if config.tls.ssl_only => {
+            tracing::info!("non-TLS connection refused (--ssl-only)");
+            return;
+        }
+        Ok(Sniffed::Plain) => ClientStream::Plain(tcp),
+        Err(err) => {
+            tracing::debug!("connection dropped: {err}");
+            return;
+        }
+    };
+    let scheme = if stream.is_tls() { "wss" } else { "ws" };
+
+    let head_time = deadline.saturating_duration_since(Instant::now());
+    let upgraded = match request::serve(stream, head_time).await {
+        Ok(Some(upgraded)) => upgraded,
+        Ok(None) => {
+            tracing::debug!("connection closed without a WebSocket upgrade");
+            return;
+        }
+        Err(err) => {
+            tracing::info!("connection dropped: {err}");
+            return;
+        }
+    };
+    if config.run_once {
+        shared.stop_accepting.cancel();
+    }
+    let target_desc = &config.target;
+    let tls_note = if config.ssl_target {
+        " (using TLS)"
+    } else {
+        ""
+    };
+    tracing::info!(
+        path = %upgraded.path,
+        protocol = upgraded.protocol.unwrap_or("none"),
+        "{scheme}:// WebSocket connection, connecting to {target_desc}{tls_note}"
+    );
+
+    let mut client = upgraded.stream;
+    let mut target = match target::connect(
+        &config.target,
+        shared.target_tls.as_ref(),
+        config.connect_timeout,
+    )
+    .await
+    {
+        Ok(target) => target,
+        Err(err) => {
+            tracing::warn!("Failed to connect to {target_desc}: {err}");
+            relay::send_close(
+                &mut client,
+                close_code::INTERNAL,
+                "Failed to connect to downstream server",
+            )
+            .await;
+            return;
+        }
+    };
+
+    let session_start = Instant::now();
+    let options = RelayOptions {
+        heartbeat: config.heartbeat,
+        linger: std::time::Duration::from_secs(2),
+        shutdown: shared.shutdown.clone(),
+    };
+    let outcome = relay::run(
+        &mut client,
+        &mut target,
+        upgraded.mode,
+        upgraded.leftover,
+        &options,
+    )
+    .await;
+    tracing::info!(
+        duration = ?session_start.elapsed(),
+        to_target = outcome.bytes_to_target,
+        to_client = outcome.bytes_to_client,
+        code = outcome.reason.code(),
+        "session closed: {}",
+        outcome.reason
+    );
+}

@@ -1,0 +1,189 @@
+//! The WebSocket opening handshake (RFC 6455 section 4.2): is this request an upgrade, is it a
+//! valid one, and which subprotocol do we answer with. Pure functions over the request head.
+
+use hyper::Method;
+use hyper::header::{
+    HeaderMap, HeaderValue, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
+    UPGRADE,
+};
+
+use crate::relay::Mode;
+
+/// A valid upgrade request: what the 101 response says and how the relay frames data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accept {
+    /// `Sec-WebSocket-Accept` value.
+    pub accept_key: String,
+    /// `Sec-WebSocket-Protocol` to answer with, if any.
+    pub protocol: Option<&'static str>,
+    /// Binary frames, or base64 in text frames.
+    pub mode: Mode,
+}
+
+/// Why an upgrade request is refused; the text is upstream's reason phrase for the 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("Missing Sec-WebSocket-Version header")]
+    MissingVersion,
+    #[error("Unsupported protocol version {0}")]
+    UnsupportedVersion(String),
+    #[error("Missing Sec-WebSocket-Key header")]
+    MissingKey,
+    #[error("Invalid protocol selected")]
+    InvalidProtocol,
+}
+
+/// True for a GET whose `Upgrade` header names `websocket` (upstream's test; anything else
+/// goes to the web server).
+pub fn is_upgrade(method: &Method, headers: &HeaderMap) -> bool {
+    method == Method::GET
+        && headers
+            .get_all(UPGRADE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("websocket"))
+}
+
+/// Validates an upgrade request (versions 13, 8 and 7, as upstream) and picks the subprotocol.
+pub fn accept(headers: &HeaderMap) -> Result<Accept, HandshakeError> {
+    let version = headers
+        .get(SEC_WEBSOCKET_VERSION)
+        .ok_or(HandshakeError::MissingVersion)?;
+    let version = String::from_utf8_lossy(version.as_bytes())
+        .trim()
+        .to_owned();
+    if !matches!(version.as_str(), "7" | "8" | "13") {
+        return Err(HandshakeError::UnsupportedVersion(version));
+    }
+    let key = headers
+        .get(SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().trim_ascii())
+        .filter(|k| !k.is_empty())
+        .ok_or(HandshakeError::MissingKey)?;
+    let (protocol, mode) = choose_protocol(headers.get_all(SEC_WEBSOCKET_PROTOCOL).iter())?;
+    Ok(Accept {
+        accept_key: tungstenite::handshake::derive_accept_key(key),
+        protocol,
+        mode,
+    })
+}
+
+/// Subprotocol choice: `binary` when offered; `base64` alone selects the legacy base64 mode;
+/// nothing offered means no header; only unknown names are refused. List elements are
+/// trimmed (upstream does not trim, so `base64, binary` fails there).
+pub fn choose_protocol<'a>(
+    values: impl Iterator<Item = &'a HeaderValue>,
+) -> Result<(Option<&'static str>, Mode), HandshakeError> {
+    let mut offered_any = false;
+    let mut base64 = false;
+    for value in values {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        for name in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            offered_any = true;
+            match name {
+                "binary" => return Ok((Some("binary"), Mode::Binary)),
+                "base64" => base64 = true,
+                _ => {}
+            }
+        }
+    }
+    match (offered_any, base64) {
+        (false, _) => Ok((None, Mode::Binary)),
+        (true, true) => Ok((Some("base64"), Mode::Base64)),
+        (true, false) => Err(HandshakeError::InvalidProtocol),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, HeaderValue::from_static(value));
+        }
+        map
+    }
+
+    fn protocol_for(
+        offer: Option<&'static str>,
+    ) -> Result<(Option<&'static str>, Mode), HandshakeError> {
+        let map = offer
+            .map(|o| headers(&[("sec-websocket-protocol", o)]))
+            .unwrap_or_default();
+        choose_protocol(map.get_all(SEC_WEBSOCKET_PROTOCOL).iter())
+    }
+
+    #[test]
+    fn subprotocol_choice_follows_upstream_but_trims_whitespace() {
+        assert_eq!(protocol_for(None), Ok((None, Mode::Binary)));
+        assert_eq!(protocol_for(Some("")), Ok((None, Mode::Binary)));
+        assert_eq!(
+            protocol_for(Some("binary")),
+            Ok((Some("binary"), Mode::Binary))
+        );
+        assert_eq!(
+            protocol_for(Some("base64, binary")),
+            Ok((Some("binary"), Mode::Binary))
+        );
+        assert_eq!(
+            protocol_for(Some("binary , base64")),
+            Ok((Some("binary"), Mode::Binary))
+        );
+        assert_eq!(
+            protocol_for(Some("base64")),
+            Ok((Some("base64"), Mode::Base64))
+        );
+        assert_eq!(
+            protocol_for(Some("chat")),
+            Err(HandshakeError::InvalidProtocol)
+        );
+        assert_eq!(
+            protocol_for(Some("chat, superchat")),
+            Err(HandshakeError::InvalidProtocol)
+        );
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_6455_example() {
+        let map = headers(&[
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ]);
+        let accept = accept(&map).unwrap();
+        assert_eq!(accept.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(accept.protocol, None);
+    }
+
+    #[test]
+    fn versions_and_keys_are_checked_with_upstream_messages() {
+        let err = accept(&headers(&[("sec-websocket-key", "x")])).unwrap_err();
+        assert_eq!(err.to_string(), "Missing Sec-WebSocket-Version header");
+        let err = accept(&headers(&[
+            ("sec-websocket-version", "12"),
+            ("sec-websocket-key", "x"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.to_string(), "Unsupported protocol version 12");
+        let err = accept(&headers(&[("sec-websocket-version", "8")])).unwrap_err();
+        assert_eq!(err.to_string(), "Missing Sec-WebSocket-Key header");
+        assert!(
+            accept(&headers(&[
+                ("sec-websocket-version", "7"),
+                ("sec-websocket-key", "x")
+            ]))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn only_get_with_upgrade_websocket_is_an_upgrade() {
+        let up = headers(&[("upgrade", "WebSocket")]);
+        assert!(is_upgrade(&Method::GET, &up));
+        assert!(!is_upgrade(&Method::POST, &up));
+        assert!(!is_upgrade(&Method::GET, &headers(&[("upgrade", "h2c")])));
+        assert!(!is_upgrade(&Method::GET, &HeaderMap::new()));
+    }
+}

@@ -1,0 +1,706 @@
+//! The relay: WebSocket frames from the client become a byte stream to the target, and bytes
+//! from the target become binary (or base64 text) frames to the client.
+//!
+//! One task drives both directions through a single poll loop ([`Relay::poll_run`]), so the
+//! client socket has exactly one writer and control frames (pongs, pings, the close) slot in
+//! between data frames without locks or queues. Each direction owns at most one
+//! [`Buf`](crate::buffer::Buf) of 64 KiB and reads again only after everything it read has been
+//! written: a side that stops reading stops the other side's reads (backpressure), and memory
+//! stays bounded whatever the peers do. Buffers go back to the pool whenever a read finds
+//! nothing, so an idle connection holds none.
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+use crate::buffer::{BUF_SIZE, Buf, HEADROOM};
+use crate::frame::{
+    self, ControlFrame, DataKind, Decoder, Event, MAX_SERVER_HEADER, ProtocolError, close_code,
+};
+
+/// How payloads travel in WebSocket frames (chosen by the subprotocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Binary frames carry raw bytes (`binary` or no subprotocol).
+    Binary,
+    /// Text frames carry base64 (the legacy `base64` subprotocol).
+    Base64,
+}
+
+/// Relay settings that come from the command line.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// Ping interval (`--heartbeat`); a client that answers none of three pings is dropped.
+    pub heartbeat: Option<Duration>,
+    /// How long to wait for the client's close frame after sending ours.
+    pub linger: Duration,
+    /// Cancelled on SIGINT/SIGTERM: the relay sends close 1001 and winds down.
+    pub shutdown: CancellationToken,
+}
+
+/// Why a session ended.
+#[derive(Debug)]
+pub enum CloseReason {
+    /// The client sent a close frame (echoed back).
+    ClientClosed { code: Option<u16>, reason: String },
+    /// The client's TCP connection ended without a close frame (1006).
+    ClientGone,
+    /// Reading or writing the client failed.
+    ClientError(io::Error),
+    /// The target closed its side; the client got close 1000 `Target closed`.
+    TargetClosed,
+    /// Reading or writing the target failed; the client got close 1011.
+    TargetError(io::Error),
+    /// The client broke the protocol; it got the close code in the error.
+    Protocol(ProtocolError),
+    /// The server is shutting down; the client got close 1001.
+    Shutdown,
+    /// The client answered no ping for three heartbeat intervals.
+    HeartbeatTimeout,
+}
+
+impl CloseReason {
+    /// The close code the session ended with, as seen by the client.
+    pub fn code(&self) -> u16 {
+        match self {
+            CloseReason::ClientClosed { code, .. } => code.unwrap_or(1005),
+            CloseReason::ClientGone | CloseReason::ClientError(_) => close_code::ABNORMAL,
+            CloseReason::HeartbeatTimeout => close_code::ABNORMAL,
+            CloseReason::TargetClosed => close_code::NORMAL,
+            CloseReason::TargetError(_) => close_code::INTERNAL,
+            CloseReason::Protocol(err) => err.code,
+            CloseReason::Shutdown => close_code::GOING_AWAY,
+        }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::ClientClosed { reason, .. } if reason.is_empty() => {
+                f.write_str("client closed")
+            }
+            CloseReason::ClientClosed { reason, .. } => write!(f, "client closed: {reason:?}"),
+            CloseReason::ClientGone => f.write_str("client disconnected without a close frame"),
+            CloseReason::ClientError(err) => write!(f, "client connection failed: {err}"),
+            CloseReason::TargetClosed => f.write_str("target closed"),
+            CloseReason::TargetError(err) => write!(f, "target connection failed: {err}"),
+            CloseReason::Protocol(err) => write!(f, "client protocol error: {}", err.reason),
+            CloseReason::Shutdown => f.write_str("server shutting down"),
+            CloseReason::HeartbeatTimeout => f.write_str("client answered no ping in 3 heartbeats"),
+        }
+    }
+}
+
+/// What a finished session did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub reason: CloseReason,
+    /// Payload bytes written to the target.
+    pub bytes_to_target: u64,
+    /// Payload bytes read from the target and sent to the client.
+    pub bytes_to_client: u64,
+}
+
+/// Sends a single close frame (used when the target cannot be reached after the 101).
+pub async fn send_close<C: AsyncWrite + Unpin>(client: &mut C, code: u16, reason: &str) {
+    let frame = ControlFrame::close(Some(code), reason);
+    let _ = client.write_all(frame.as_bytes()).await;
+    let _ = client.flush().await;
+    let _ = client.shutdown().await;
+}
+
+/// Relays between a client that completed the WebSocket handshake and a connected target.
+/// `initial` holds client bytes that arrived with the handshake request.
+pub async fn run<C, T>(
+    client: &mut C,
+    target: &mut T,
+    mode: Mode,
+    initial: Bytes,
+    options: &RelayOptions,
+) -> Outcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut relay = Relay::new(client, target, mode, initial);
+    let heartbeat = options.heartbeat.filter(|d| !d.is_zero());
+    let mut next_ping = heartbeat.map(|period| Instant::now() + period);
+    let mut linger_until: Option<Instant> = None;
+    loop {
+        if relay.close_queued() && linger_until.is_none() {
+            linger_until = Some(Instant::now() + options.linger);
+        }
+        tokio::select! {
+            () = poll_fn(|cx| relay.poll_run(cx)) => break,
+            () = options.shutdown.cancelled(), if !relay.close_queued() => {
+                relay.begin_close(close_code::GOING_AWAY, "Server shutting down", CloseReason::Shutdown);
+            }
+            () = sleep_until(next_ping.unwrap_or_else(Instant::now)), if next_ping.is_some() && !relay.close_queued() => {
+                let period = heartbeat.unwrap_or(Duration::from_secs(1));
+                next_ping = Some(Instant::now() + period);
+                if !relay.heartbeat() {
+                    relay.abort(CloseReason::HeartbeatTimeout);
+                    break;
+                }
+            }
+            () = sleep_until(linger_until.unwrap_or_else(Instant::now)), if linger_until.is_some() => break,
+        }
+    }
+    relay.finish().await
+}
+
+/// Data read from the target, framed and waiting to be written to the client.
+struct Down {
+    buf: Option<Buf>,
+    /// Raw bytes read from the target in base64 mode, before encoding.
+    raw: Option<Buf>,
+    start: usize,
+    end: usize,
+    started: bool,
+}
+
+/// Client payload waiting to be written to the target.
+struct Up {
+    buf: Option<Buf>,
+    start: usize,
+    end: usize,
+    /// Bytes that came with the handshake request, decoded before the first read.
+    initial: Bytes,
+    /// Base64 characters carried over to the next chunk (legacy mode).
+    carry: [u8; 4],
+    carry_len: usize,
+}
+
+struct Relay<'a, C, T> {
+    client: &'a mut C,
+    target: &'a mut T,
+    mode: Mode,
+    decoder: Decoder,
+    up: Up,
+    down: Down,
+    /// Control frame being written, and how much of it is out.
+    control: Option<(ControlFrame, usize)>,
+    /// Latest unanswered ping's pong (older ones are replaced: pongs are coalesced).
+    pong: Option<ControlFrame>,
+    ping_due: bool,
+    /// Our close frame, waiting for the data frame in progress to finish.
+    close: Option<ControlFrame>,
+    close_sent: bool,
+    client_flush: bool,
+    target_flush: bool,
+    /// Stop reading the client (close received, protocol error or EOF).
+    client_done: bool,
+    client_eof: bool,
+    target_done: bool,
+    /// Finish as soon as the close frame is out (protocol errors).
+    fail_fast: bool,
+    reason: Option<CloseReason>,
+    missed_pongs: u32,
+    bytes_to_target: u64,
+    bytes_to_client: u64,
+}
+
+/// Loop iterations with progress before yielding to other tasks.
+const BUDGET: usize = 64;
+
+impl<'a, C, T> Relay<'a, C, T>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    fn new(client: &'a mut C, target: &'a mut T, mode: Mode, initial: Bytes) -> Self {
+        Relay {
+            client,
+            target,
+            mode,
+            decoder: Decoder::new(),
+            up: Up {
+                buf: None,
+                start: 0,
+                end: 0,
+                initial,
+                carry: [0; 4],
+                carry_len: 0,
+            },
+            down: Down {
+                buf: None,
+                raw: None,
+                start: 0,
+                end: 0,
+                started: false,
+            },
+            control: None,
+            pong: None,
+            ping_due: false,
+            close: None,
+            close_sent: false,
+            client_flush: false,
+            target_flush: false,
+            client_done: false,
+            client_eof: false,
+            target_done: false,
+            fail_fast: false,
+            reason: None,
+            missed_pongs: 0,
+            bytes_to_target: 0,
+            bytes_to_client: 0,
+        }
+    }
+
+    fn close_queued(&self) -> bool {
+        self.close.is_some() || self.close_sent
+    }
+
+    /// Records why the session ends (the first reason wins).
+    fn set_reason(&mut self, reason: CloseReason) {
+        if self.reason.is_none() {
+            self.reason = Some(reason);
+        }
+    }
+
+    /// Queues our close frame; the target is no longer read.
+    fn begin_close(&mut self, code: u16, reason: &str, why: CloseReason) {
+        self.set_reason(why);
+        if !self.close_queued() {
+            self.close = Some(ControlFrame::close(Some(code), reason));
+        }
+        self.target_done = true;
+    }
+
+    /// Ends the session at once, without a close handshake.
+    fn abort(&mut self, why: CloseReason) {
+        self.set_reason(why);
+        self.client_done = true;
+        self.fail_fast = true;
+    }
+
+    /// A heartbeat tick: queue a ping; false when three pings went unanswered.
+    fn heartbeat(&mut self) -> bool {
+        let reading_client = self.up.end == self.up.start && !self.client_done;
+        if reading_client {
+            if self.missed_pongs >= 3 {
+                return false;
+            }
+            self.missed_pongs += 1;
+        }
+        self.ping_due = true;
+        true
+    }
+
+    fn finished(&self) -> bool {
+        if self.fail_fast && self.close.is_none() && self.control.is_none() {
+            return true;
+        }
+        let up_flushed = self.up.start == self.up.end && !self.target_flush;
+        let client_flushed = self.control.is_none() && !self.client_flush && !self.down.started;
+        if self.client_eof {
+            return up_flushed;
+        }
+        if self.client_done && self.reason.is_some() {
+            // Close received: our echo (or earlier close) is out and client data delivered.
+            return up_flushed && self.close_sent && client_flushed;
+        }
+        false
+    }
+
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..BUDGET {
+            let mut progress = false;
+            progress |= self.step_client_write(cx);
+            progress |= self.step_target_write(cx);
+            progress |= self.step_target_read(cx);
+            progress |= self.step_client_read(cx);
+            if self.finished() {
+                return Poll::Ready(());
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// Writes control frames and framed target data to the client. Returns true on progress.
+    fn step_client_write(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.control.is_none() && !self.down.started {
+            self.control = self.next_control().map(|frame| (frame, 0));
+        }
+        let result = if let Some((frame, written)) = &mut self.control {
+            match Pin::new(&mut *self.client).poll_write(cx, &frame.as_bytes()[*written..]) {
+                Poll::Ready(Ok(n)) => {
+                    *written += n;
+                    if *written == frame.as_bytes().len() {
+                        self.control = None;
+                    }
+                    Ok(n)
+                }
+                Poll::Ready(Err(err)) => Err(err),
+                Poll::Pending => return false,
+            }
+        } else if self.down.start < self.down.end {
+            let buf = self.down.buf.as_deref().unwrap_or(&[]);
+            match Pin::new(&mut *self.client).poll_write(cx, &buf[self.down.start..self.down.end]) {
+                Poll::Ready(Ok(n)) => {
+                    self.down.start += n;
+                    self.down.started = self.down.start < self.down.end;
+                    Ok(n)
+                }
+                Poll::Ready(Err(err)) => Err(err),
+                Poll::Pending => return false,
+            }
+        } else if self.client_flush {
+            match Pin::new(&mut *self.client).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.client_flush = false;
+                    return true;
+                }
+                Poll::Ready(Err(err)) => Err(err),
+                Poll::Pending => return false,
+            }
+        } else {
+            return false;
+        };
+        match result {
+            Ok(0) => {
+                self.abort(CloseReason::ClientError(io::ErrorKind::WriteZero.into()));
+                true
+            }
+            Ok(_) => {
+                self.client_flush = true;
+                true
+            }
+            Err(err) => {
+                self.abort(CloseReason::ClientError(err));
+                self.control = None;
+                self.close = None;
+                true
+            }
+        }
+    }
+
+    /// The next control frame to send: pongs, then pings, then (after all data) the close.
+    fn next_control(&mut self) -> Option<ControlFrame> {
+        if self.close_sent {
+            return None;
+        }
+        if let Some(pong) = self.pong.take() {
+            return Some(pong);
+        }
+        if std::mem::take(&mut self.ping_due) {
+            return Some(ControlFrame::ping(&[]));
+        }
+        if self.down.start == self.down.end {
+            if let Some(close) = self.close.take() {
+                self.close_sent = true;
+                return Some(close);
+            }
+        }
+        None
+    }
+
+    /// Writes client payload to the target. Returns true on progress.
+    fn step_target_write(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.up.start < self.up.end {
+            let buf = self.up.buf.as_deref().unwrap_or(&[]);
+            match Pin::new(&mut *self.target).poll_write(cx, &buf[self.up.start..self.up.end]) {
+                Poll::Ready(Ok(0)) => self.target_failed(io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => {
+                    self.up.start += n;
+                    self.bytes_to_target += n as u64;
+                    self.target_flush = true;
+                }
+                Poll::Ready(Err(err)) => self.target_failed(err),
+                Poll::Pending => return false,
+            }
+            true
+        } else if self.target_flush {
+            match Pin::new(&mut *self.target).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.target_flush = false,
+                Poll::Ready(Err(err)) => self.target_failed(err),
+                Poll::Pending => return false,
+            }
+            true
+        } else {
+            false
+        }
+    }
+
+    fn target_failed(&mut self, err: io::Error) {
+        self.up.start = self.up.end;
+        self.target_flush = false;
+        self.begin_close(
+            close_code::INTERNAL,
+            "Target connection failed",
+            CloseReason::TargetError(err),
+        );
+    }
+
+    /// Reads the target and frames what it read. Returns true on progress.
+    fn step_target_read(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.target_done || self.down.start < self.down.end {
+            return false;
+        }
+        let limit = match self.mode {
+            Mode::Binary => BUF_SIZE,
+            Mode::Base64 => BUF_SIZE / 4 * 3,
+        };
+        let result = {
+            let read_into = match self.mode {
+                Mode::Binary => self.down.buf.get_or_insert_with(Buf::take),
+                Mode::Base64 => self.down.raw.get_or_insert_with(Buf::take),
+            };
+            let mut read_buf = ReadBuf::new(&mut read_into[HEADROOM..HEADROOM + limit]);
+            match Pin::new(&mut *self.target).poll_read(cx, &mut read_buf) {
+                Poll::Ready(Ok(())) => Ok(read_buf.filled().len()),
+                Poll::Ready(Err(err)) => Err(err),
+                Poll::Pending => {
+                    // Nothing pending in this direction: give the buffers back while idle.
+                    self.down.buf = None;
+                    self.down.raw = None;
+                    return false;
+                }
+            }
+        };
+        match result {
+            Ok(0) => {
+                self.begin_close(
+                    close_code::NORMAL,
+                    "Target closed",
+                    CloseReason::TargetClosed,
+                );
+            }
+            Ok(n) => {
+                self.bytes_to_client += n as u64;
+                self.frame_down(n);
+            }
+            Err(err) => {
+                self.begin_close(
+                    close_code::INTERNAL,
+                    "Target connection failed",
+                    CloseReason::TargetError(err),
+                );
+            }
+        }
+        true
+    }
+
+    /// Puts a frame header in front of `n` bytes just read (base64-encoding them first in
+    /// the legacy mode) and marks the frame ready for the client.
+    fn frame_down(&mut self, n: usize) {
+        let down = &mut self.down;
+        let buf = down.buf.get_or_insert_with(Buf::take);
+        let (len, kind) = match (self.mode, &down.raw) {
+            (Mode::Base64, Some(raw)) => {
+                let encoded = base64::engine::general_purpose::STANDARD
+                    .encode_slice(&raw[HEADROOM..HEADROOM + n], &mut buf[HEADROOM..])
+                    .unwrap_or(0);
+                (encoded, DataKind::Text)
+            }
+            _ => (n, DataKind::Binary),
+        };
+        let mut header = [0u8; MAX_SERVER_HEADER];
+        let header_len = frame::write_header(&mut header, frame::data_opcode(kind), len);
+        let start = HEADROOM - header_len;
+        buf[start..HEADROOM].copy_from_slice(&header[MAX_SERVER_HEADER - header_len..]);
+        down.start = start;
+        down.end = HEADROOM + len;
+        down.started = false;
+    }
+
+    /// Reads client frames and turns their payload into bytes for the target. Returns true
+    /// on progress.
+    fn step_client_read(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.client_done || self.up.start < self.up.end {
+            return false;
+        }
+        let buf = self.up.buf.get_or_insert_with(Buf::take);
+        let n = if !self.up.initial.is_empty() {
+            let n = self.up.initial.len().min(BUF_SIZE);
+            buf[..n].copy_from_slice(&self.up.initial.split_to(n));
+            n
+        } else {
+            let mut read_buf = ReadBuf::new(&mut buf[..BUF_SIZE]);
+            match Pin::new(&mut *self.client).poll_read(cx, &mut read_buf) {
+                Poll::Ready(Ok(())) => read_buf.filled().len(),
+                Poll::Ready(Err(err)) => {
+                    self.abort(CloseReason::ClientError(err));
+                    return true;
+                }
+                Poll::Pending => {
+                    self.up.buf = None;
+                    return false;
+                }
+            }
+        };
+        if n == 0 {
+            self.client_done = true;
+            self.client_eof = true;
+            self.set_reason(CloseReason::ClientGone);
+            self.close = None;
+            return true;
+        }
+        self.decode_up(n);
+        true
+    }
+
+    /// Decodes `n` freshly read client bytes; payload is packed at the front of the buffer.
+    fn decode_up(&mut self, n: usize) {
+        let Some(mut buf) = self.up.buf.take() else {
+            return;
+        };
+        let mut pos = 0;
+        let mut out: Option<(usize, usize)> = None;
+        let discard = self.close_queued();
+        loop {
+            let event = match self.decoder.next(&mut buf[..n], &mut pos) {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(err) => {
+                    self.protocol_error(err);
+                    break;
+                }
+            };
+            match event {
+                Event::Data {
+                    start,
+                    end,
+                    kind,
+                    message_end,
+                } => {
+                    if discard {
+                        continue;
+                    }
+                    match (self.mode, kind) {
+                        (Mode::Binary, DataKind::Text) => {
+                            self.protocol_error(ProtocolError {
+                                code: close_code::UNSUPPORTED,
+                                reason: "Unsupported: Text frames are not supported",
+                            });
+                            break;
+                        }
+                        (Mode::Base64, DataKind::Text) => {
+                            let (out_start, out_end) = *out.get_or_insert((start, start));
+                            match self.decode_base64(&mut buf, start, end, out_end, message_end) {
+                                Ok(new_end) => out = Some((out_start, new_end)),
+                                Err(err) => {
+                                    self.protocol_error(err);
+                                    break;
+                                }
+                            }
+                        }
+                        (_, DataKind::Binary) => {
+                            let (out_start, out_end) = *out.get_or_insert((start, start));
+                            if start != out_end {
+                                buf.copy_within(start..end, out_end);
+                            }
+                            out = Some((out_start, out_end + (end - start)));
+                        }
+                    }
+                }
+                Event::Ping => {
+                    if !self.close_queued() {
+                        self.pong = Some(ControlFrame::pong(self.decoder.control_payload()));
+                    }
+                }
+                Event::Pong => self.missed_pongs = 0,
+                Event::Close { code } => {
+                    let reason = self.decoder.close_reason().to_owned();
+                    if !self.close_queued() {
+                        // Echo the client's close, as upstream does.
+                        self.close = Some(ControlFrame::close(code, &reason));
+                    }
+                    self.set_reason(CloseReason::ClientClosed { code, reason });
+                    self.client_done = true;
+                    self.target_done = true;
+                    break;
+                }
+            }
+        }
+        if let Some((start, end)) = out {
+            self.up.start = start;
+            self.up.end = end;
+        }
+        self.up.buf = Some(buf);
+    }
+
+    /// Decodes base64 text payload at `start..end` into the buffer at `out`, carrying
+    /// incomplete 4-character groups over; returns the new end of the output.
+    fn decode_base64(
+        &mut self,
+        buf: &mut [u8],
+        start: usize,
+        end: usize,
+        mut out: usize,
+        message_end: bool,
+    ) -> Result<usize, ProtocolError> {
+        const LENIENT: GeneralPurpose = GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+        );
+        let invalid = ProtocolError {
+            code: close_code::INVALID_DATA,
+            reason: "Invalid base64 data",
+        };
+        for i in start..end {
+            let c = buf[i];
+            if c.is_ascii_whitespace() {
+                continue;
+            }
+            self.up.carry[self.up.carry_len] = c;
+            self.up.carry_len += 1;
+            if self.up.carry_len == 4 {
+                let mut decoded = [0u8; 3];
+                let len = LENIENT
+                    .decode_slice(self.up.carry, &mut decoded)
+                    .map_err(|_| invalid.clone())?;
+                buf[out..out + len].copy_from_slice(&decoded[..len]);
+                out += len;
+                self.up.carry_len = 0;
+            }
+        }
+        if message_end && self.up.carry_len > 0 {
+            let mut decoded = [0u8; 3];
+            let len = LENIENT
+                .decode_slice(&self.up.carry[..self.up.carry_len], &mut decoded)
+                .map_err(|_| invalid)?;
+            buf[out..out + len].copy_from_slice(&decoded[..len]);
+            out += len;
+            self.up.carry_len = 0;
+        }
+        Ok(out)
+    }
+
+    fn protocol_error(&mut self, err: ProtocolError) {
+        self.client_done = true;
+        self.fail_fast = true;
+        if !self.down.started {
+            self.down.start = self.down.end;
+        }
+        self.begin_close(err.code, err.reason, CloseReason::Protocol(err));
+    }
+
+    /// Closes both sides (bounded) and reports the outcome.
+    async fn finish(self) -> Outcome {
+        const SHUTDOWN: Duration = Duration::from_secs(2);
+        let _ = tokio::time::timeout(SHUTDOWN, self.target.shutdown()).await;
+        if !matches!(self.reason, Some(CloseReason::ClientError(_))) {
+            let _ = tokio::time::timeout(SHUTDOWN, self.client.shutdown()).await;
+        }
+        Outcome {
+            reason: self.reason.unwrap_or(CloseReason::ClientGone),
+            bytes_to_target: self.bytes_to_target,
+            bytes_to_client: self.bytes_to_client,
+        }
+    }
+}

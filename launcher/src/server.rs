@@ -1,0 +1,118 @@
+//! The accept loop: hands each connection to its own task, and decides when the server stops
+//! (signal, `--timeout`, `--idle-timeout`, `--run-once`) and how long it drains.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
+
+use crate::config::Config;
+use crate::tls::{self, TlsServer};
+
+/// Read-only state every connection sees. The TLS config cache inside [`TlsServer`] is the
+/// only thing in here that changes, and only when the certificate file does.
+pub struct Shared {
+    pub config: Config,
+    pub tls: TlsServer,
+    pub target_tls: Option<TlsConnector>,
+    /// Cancelled on SIGINT/SIGTERM: sessions send close 1001.
+    pub shutdown: CancellationToken,
+    /// Cancelled by the first WebSocket session under `--run-once`.
+    pub stop_accepting: CancellationToken,
+}
+
+/// Serves `listener` until `shutdown` is cancelled or a lifecycle option ends the server.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let tls = TlsServer::new(&config.tls).context("TLS settings")?;
+    if tls.cert_present() {
+        if let Err(err) = tls.check() {
+            tracing::warn!("TLS connections will fail until this is fixed: {err}");
+        }
+    }
+    let target_tls = if config.ssl_target {
+        Some(tls::target_connector().context("--ssl-target")?)
+    } else {
+        None
+    };
+    let shared = Arc::new(Shared {
+        config,
+        tls,
+        target_tls,
+        shutdown: shutdown.clone(),
+        stop_accepting: CancellationToken::new(),
+    });
+    let config = &shared.config;
+    let tracker = TaskTracker::new();
+    let stop_at = config.timeout.map(|t| Instant::now() + t);
+    let mut idle_since = Instant::now();
+    let mut idle_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut next_id: u64 = 0;
+
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => {
+                tracing::info!(open = tracker.len(), "shutting down: closing sessions (up to {:?})", config.drain_timeout);
+                break;
+            }
+            () = shared.stop_accepting.cancelled() => {
+                tracing::info!("exiting after this session due to --run-once");
+                break;
+            }
+            () = tokio::time::sleep_until(stop_at.unwrap_or_else(Instant::now)), if stop_at.is_some() => {
+                tracing::info!("listener exit due to --timeout {}", config.timeout.unwrap_or_default().as_secs());
+                break;
+            }
+            _ = idle_tick.tick(), if config.idle_timeout.is_some() => {
+                let limit = config.idle_timeout.unwrap_or_default();
+                if !tracker.is_empty() {
+                    idle_since = Instant::now();
+                } else if idle_since.elapsed() >= limit {
+                    tracing::info!("listener exit due to --idle-timeout {}", limit.as_secs());
+                    break;
+                }
+            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    next_id += 1;
+                    let _ = stream.set_nodelay(true);
+                    let span = tracing::info_span!("conn", id = next_id, %peer);
+                    tracker.spawn(crate::connection::handle(stream, Arc::clone(&shared)).instrument(span));
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: wait a moment instead of spinning.
+                    tracing::warn!("accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+    }
+    drop(listener);
+    tracker.close();
+    if !shutdown.is_cancelled() {
+        tokio::select! {
+            () = tracker.wait() => return Ok(()),
+            () = shutdown.cancelled() => {}
+        }
+    }
+    if tokio::time::timeout(config.drain_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open = tracker.len(),
+            "sessions still open after {:?}; exiting anyway",
+            config.drain_timeout
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,118 @@
+//! The connect step: open the target of a session, TCP (every resolved address in turn),
+//! unix socket, or TLS over TCP (`--ssl-target`), all under one deadline.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+
+use crate::config::Target;
+use crate::stream::TargetStream;
+
+/// Why the target could not be reached; logged, and the client gets close 1011.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot resolve {host}: {source}")]
+    Resolve { host: String, source: io::Error },
+    #[error("{host} resolves to no address")]
+    NoAddress { host: String },
+    #[error("{addr}: {source}")]
+    Connect { addr: String, source: io::Error },
+    #[error("no connection within {0:?}")]
+    Timeout(Duration),
+    #[error("TLS handshake with {host} failed: {source}")]
+    Tls { host: String, source: io::Error },
+    #[error("{0}")]
+    ServerName(String),
+}
+
+/// Connects to `target`; with `tls`, runs a TLS client handshake over TCP (SNI = host).
+pub async fn connect(
+    target: &Target,
+    tls: Option<&TlsConnector>,
+    deadline: Duration,
+) -> Result<TargetStream, ConnectError> {
+    let until = Instant::now() + deadline;
+    let attempt = async {
+        match target {
+            Target::Unix(path) => UnixStream::connect(path)
+                .await
+                .map(TargetStream::Unix)
+                .map_err(|source| ConnectError::Connect {
+                    addr: path.display().to_string(),
+                    source,
+                }),
+            Target::Tcp { host, port } => {
+                let tcp = connect_tcp(host, *port, until).await?;
+                match tls {
+                    None => Ok(TargetStream::Tcp(tcp)),
+                    Some(connector) => {
+                        let name = crate::tls::server_name(host)
+                            .map_err(|e| ConnectError::ServerName(e.to_string()))?;
+                        let stream = connector.connect(name, tcp).await.map_err(|source| {
+                            ConnectError::Tls {
+                                host: host.clone(),
+                                source,
+                            }
+                        })?;
+                        Ok(TargetStream::Tls(Box::new(stream)))
+                    }
+                }
+            }
+        }
+    };
+    tokio::time::timeout_at(until, attempt)
+        .await
+        .map_err(|_| ConnectError::Timeout(deadline))?
+}
+
+/// Tries every address `host` resolves to, in order; returns the first that connects.
+async fn connect_tcp(host: &str, port: u16, until: Instant) -> Result<TcpStream, ConnectError> {
+    // Upstream: an empty host (`:5900`) means this machine.
+    let host = if host.is_empty() { "localhost" } else { host };
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|source| ConnectError::Resolve {
+            host: host.to_owned(),
+            source,
+        })?
+        .collect();
+    let mut last_error = None;
+    for addr in &addrs {
+        // Leave later addresses a share of the time if this one hangs.
+        let remaining = until.saturating_duration_since(Instant::now());
+        let share = remaining / 2;
+        let share = if addr == addrs.last().unwrap_or(addr) {
+            remaining
+        } else {
+            share
+        };
+        match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let _ = socket2::SockRef::from(&stream).set_keepalive(true);
+                return Ok(stream);
+            }
+            Ok(Err(source)) => {
+                tracing::debug!(%addr, "connect failed: {source}");
+                last_error = Some(ConnectError::Connect {
+                    addr: addr.to_string(),
+                    source,
+                });
+            }
+            Err(_) => {
+                tracing::debug!(%addr, "connect timed out");
+                last_error = Some(ConnectError::Connect {
+                    addr: addr.to_string(),
+                    source: io::ErrorKind::TimedOut.into(),
+                });
+            }
+        }
+    }
+    Err(last_error.unwrap_or(ConnectError::NoAddress {
+        host: host.to_owned(),
+    }))
+}

@@ -1,0 +1,1 @@
+//! `rebind.so`: placeholder until the wrap-mode issue lands.
