@@ -172,6 +172,9 @@ struct Down {
 /// Client payload waiting to be written to the target.
 struct Up {
     buf: Option<Buf>,
+    /// Decoded bytes in base64 mode (decoding in place could overrun unread input when a
+    /// group straddles two reads).
+    decoded: Option<Buf>,
     start: usize,
     end: usize,
     /// Bytes that came with the handshake request, decoded before the first read.
@@ -226,6 +229,7 @@ where
             decoder: Decoder::new(),
             up: Up {
                 buf: None,
+                decoded: None,
                 start: 0,
                 end: 0,
                 initial,
@@ -412,7 +416,11 @@ where
     /// Writes client payload to the target. Returns true on progress.
     fn step_target_write(&mut self, cx: &mut Context<'_>) -> bool {
         if self.up.start < self.up.end {
-            let buf = self.up.buf.as_deref().unwrap_or(&[]);
+            let source = match self.mode {
+                Mode::Binary => &self.up.buf,
+                Mode::Base64 => &self.up.decoded,
+            };
+            let buf = source.as_deref().unwrap_or(&[]);
             match Pin::new(&mut *self.target).poll_write(cx, &buf[self.up.start..self.up.end]) {
                 Poll::Ready(Ok(0)) => self.target_failed(io::ErrorKind::WriteZero.into()),
                 Poll::Ready(Ok(n)) => {
@@ -539,6 +547,7 @@ where
                 }
                 Poll::Pending => {
                     self.up.buf = None;
+                    self.up.decoded = None;
                     return false;
                 }
             }
@@ -590,8 +599,8 @@ where
                             break;
                         }
                         (Mode::Base64, DataKind::Text) => {
-                            let (out_start, out_end) = *out.get_or_insert((start, start));
-                            match self.decode_base64(&mut buf, start, end, out_end, message_end) {
+                            let (out_start, out_end) = *out.get_or_insert((0, 0));
+                            match self.decode_base64(&buf[start..end], out_end, message_end) {
                                 Ok(new_end) => out = Some((out_start, new_end)),
                                 Err(err) => {
                                     self.protocol_error(err);
@@ -599,7 +608,15 @@ where
                                 }
                             }
                         }
-                        (_, DataKind::Binary) => {
+                        (Mode::Base64, DataKind::Binary) => {
+                            // Old clients send text; raw binary frames are passed as they are.
+                            let (out_start, out_end) = *out.get_or_insert((0, 0));
+                            let decoded = self.up.decoded.get_or_insert_with(Buf::take);
+                            decoded[out_end..out_end + (end - start)]
+                                .copy_from_slice(&buf[start..end]);
+                            out = Some((out_start, out_end + (end - start)));
+                        }
+                        (Mode::Binary, DataKind::Binary) => {
                             let (out_start, out_end) = *out.get_or_insert((start, start));
                             if start != out_end {
                                 buf.copy_within(start..end, out_end);
@@ -634,13 +651,11 @@ where
         self.up.buf = Some(buf);
     }
 
-    /// Decodes base64 text payload at `start..end` into the buffer at `out`, carrying
-    /// incomplete 4-character groups over; returns the new end of the output.
+    /// Decodes base64 text `payload` into the decoded buffer at `out`, carrying incomplete
+    /// 4-character groups over; returns the new end of the output.
     fn decode_base64(
         &mut self,
-        buf: &mut [u8],
-        start: usize,
-        end: usize,
+        payload: &[u8],
         mut out: usize,
         message_end: bool,
     ) -> Result<usize, ProtocolError> {
@@ -652,8 +667,8 @@ where
             code: close_code::INVALID_DATA,
             reason: "Invalid base64 data",
         };
-        for i in start..end {
-            let c = buf[i];
+        let buf = self.up.decoded.get_or_insert_with(Buf::take);
+        for &c in payload {
             if c.is_ascii_whitespace() {
                 continue;
             }
