@@ -689,4 +689,69 @@ mod tests {
         assert_eq!(write_header(&mut head, 1, 70000), 10);
         assert_eq!(&head[..2], &[0x81, 127]);
     }
+
+    /// A tiny deterministic generator, so the randomized tests need no extra crate.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> usize {
+            (self.next() % n) as usize
+        }
+    }
+
+    #[test]
+    fn random_valid_streams_decode_to_their_payloads_in_any_chunking() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..2000 {
+            let mut input = Vec::new();
+            let mut expected = Vec::new();
+            for _ in 0..1 + rng.below(6) {
+                let fragments = 1 + rng.below(3);
+                for f in 0..fragments {
+                    let len = match rng.below(4) {
+                        0 => rng.below(126),
+                        1 => 126 + rng.below(1000),
+                        _ => rng.below(20),
+                    };
+                    let payload: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+                    let op = if f == 0 { 0x2 } else { 0x0 };
+                    let fin = if f + 1 == fragments { 0x80 } else { 0 };
+                    let mask = (rng.next() as u32).to_be_bytes();
+                    input.extend(client_frame(fin | op, &payload, mask));
+                    expected.extend_from_slice(&payload);
+                    if rng.below(3) == 0 {
+                        let ping: Vec<u8> = (0..rng.below(126)).map(|_| rng.next() as u8).collect();
+                        input.extend(client_frame(0x89, &ping, mask));
+                    }
+                }
+            }
+            let step = 1 + rng.below(300);
+            let (data, _, err) = decode_all(&input, step);
+            assert_eq!(err, None);
+            assert_eq!(data, expected);
+        }
+    }
+
+    #[test]
+    fn random_garbage_never_panics_or_overreads() {
+        let mut rng = Rng(12345);
+        for _ in 0..20000 {
+            let len = rng.below(64);
+            let mut input: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let mut decoder = Decoder::new();
+            let mut pos = 0;
+            while let Ok(Some(event)) = decoder.next(&mut input, &mut pos) {
+                if let Event::Data { start, end, .. } = event {
+                    assert!(start <= end && end <= input.len());
+                }
+            }
+            assert!(pos <= input.len());
+        }
+    }
 }

@@ -99,12 +99,11 @@ fn init_logging(verbose: bool) {
 /// Raises the soft open-file limit to the hard limit: each session needs two descriptors.
 fn raise_fd_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
-        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err() {
-            eprintln!(
-                "websockify: warning: cannot raise the open-file limit from {soft} to {hard}"
-            );
-        }
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err()
+    {
+        eprintln!("websockify: warning: cannot raise the open-file limit from {soft} to {hard}");
     }
 }
 

@@ -404,11 +404,11 @@ where
         if std::mem::take(&mut self.ping_due) {
             return Some(ControlFrame::ping(&[]));
         }
-        if self.down.start == self.down.end {
-            if let Some(close) = self.close.take() {
-                self.close_sent = true;
-                return Some(close);
-            }
+        if self.down.start == self.down.end
+            && let Some(close) = self.close.take()
+        {
+            self.close_sent = true;
+            return Some(close);
         }
         None
     }

@@ -34,10 +34,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let tls = TlsServer::new(&config.tls).context("TLS settings")?;
-    if tls.cert_present() {
-        if let Err(err) = tls.check() {
-            tracing::warn!("TLS connections will fail until this is fixed: {err}");
-        }
+    if tls.cert_present()
+        && let Err(err) = tls.check()
+    {
+        tracing::warn!("TLS connections will fail until this is fixed: {err}");
     }
     let target_tls = if config.ssl_target {
         Some(tls::target_connector().context("--ssl-target")?)
