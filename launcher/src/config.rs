@@ -53,6 +53,9 @@ pub enum Target {
     Tcp { host: String, port: u16 },
     /// `--unix-target FILE`.
     Unix(PathBuf),
+    /// A wrapped program's moved port: 127.0.0.1, then ::1. While the program starts,
+    /// connections wait (bounded by the connect deadline) instead of failing at once.
+    Loopback { port: u16 },
 }
 
 /// Minimum TLS protocol version (`--ssl-version`).
@@ -135,6 +138,7 @@ impl std::fmt::Display for Target {
             Target::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
             Target::Tcp { host, port } => write!(f, "{host}:{port}"),
             Target::Unix(path) => write!(f, "unix socket {}", path.display()),
+            Target::Loopback { port } => write!(f, "loopback port {port}"),
         }
     }
 }

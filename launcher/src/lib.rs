@@ -22,6 +22,8 @@
 //! `main` parses the command line (`cli`, optparse-compatible), binds the listener (`listen`)
 //! and calls [`run`], which tests call directly with a listener on port 0.
 
+#![forbid(unsafe_code)]
+
 pub mod buffer;
 pub mod cli;
 pub mod config;
@@ -36,6 +38,7 @@ pub mod sniff;
 pub mod stream;
 pub mod target;
 pub mod tls;
+pub mod wrap;
 
 pub use config::{Config, Target};
 pub use server::run;

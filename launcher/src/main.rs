@@ -1,6 +1,9 @@
 //! The `websockify` command: parse the command line, set up logging, bind, serve.
 
+#![forbid(unsafe_code)]
+
 use std::ffi::OsString;
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
@@ -8,6 +11,7 @@ use tracing_subscriber::EnvFilter;
 use websockify::cli::{self, Options, Parsed};
 use websockify::config::{Listen, Target};
 use websockify::listen;
+use websockify::wrap::{WrapEnd, Wrapper};
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -48,7 +52,8 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(serve(*options)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(0) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(err) => {
             tracing::error!("{err:#}");
             eprintln!("websockify: {err:#}");
@@ -60,11 +65,7 @@ fn main() -> ExitCode {
 /// Options accepted for compatibility whose behaviour is not built yet: refusing them beats
 /// silently running without them.
 fn not_implemented(options: &Options) -> Option<&'static str> {
-    let checks: [(bool, &'static str); 12] = [
-        (
-            !options.wrap_command.is_empty(),
-            "wrapping a program (-- PROGRAM ARGS)",
-        ),
+    let checks: [(bool, &'static str); 11] = [
         (options.web.is_some(), "--web"),
         (options.record.is_some(), "--record"),
         (options.traffic, "--traffic"),
@@ -92,6 +93,7 @@ fn init_logging(verbose: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .init();
 }
@@ -107,19 +109,57 @@ fn raise_fd_limit() {
     }
 }
 
-async fn serve(options: Options) -> anyhow::Result<()> {
-    let config = options.config;
+/// Binds, serves, and in wrap mode supervises the program; returns the exit status.
+async fn serve(options: Options) -> anyhow::Result<i32> {
+    let mut config = options.config;
     let listener = listen::bind(&config.listen)?;
     let local = listener.local_addr()?;
-    banner(&config, local);
-
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
-    websockify::run(config, listener, shutdown).await
+
+    if options.wrap_command.is_empty() {
+        banner(&config, local, None);
+        websockify::run(config, listener, shutdown).await?;
+        return Ok(0);
+    }
+    let mut wrapper = Wrapper::new(options.wrap_command, options.wrap_mode, local.port())?;
+    config.target = Target::Loopback {
+        port: wrapper.loopback_port(),
+    };
+    banner(&config, local, Some(&wrapper.describe()));
+
+    let mut server = std::pin::pin!(websockify::run(config, listener, shutdown.clone()));
+    enum First {
+        Server(anyhow::Result<()>),
+        Wrapper(anyhow::Result<WrapEnd>),
+    }
+    let first = tokio::select! {
+        result = &mut server => First::Server(result),
+        end = wrapper.supervise(shutdown.clone()) => First::Wrapper(end),
+    };
+    let (server_result, code) = match first {
+        First::Server(result) => (result, 0),
+        First::Wrapper(end) => {
+            // The program ended the run (exit mode) or failed to start: close the sessions.
+            shutdown.cancel();
+            let code = match end {
+                Ok(WrapEnd::ProgramExited(code)) => code,
+                Ok(WrapEnd::Shutdown) => 0,
+                Err(err) => {
+                    let result = server.await;
+                    wrapper.stop().await;
+                    return result.and(Err(err));
+                }
+            };
+            (server.await, code)
+        }
+    };
+    wrapper.stop().await;
+    server_result.map(|()| code)
 }
 
 /// Upstream's settings banner, plus the address actually bound (port 0 picks one).
-fn banner(config: &websockify::Config, local: std::net::SocketAddr) {
+fn banner(config: &websockify::Config, local: std::net::SocketAddr, wrapped: Option<&str>) {
     tracing::info!("WebSocket server settings:");
     let Listen::Tcp { host, port, .. } = &config.listen;
     tracing::info!("  - Listen on {}:{port}", host.as_deref().unwrap_or(""));
@@ -137,9 +177,10 @@ fn banner(config: &websockify::Config, local: std::net::SocketAddr) {
     } else {
         ""
     };
-    let target = match &config.target {
-        Target::Unix(path) => path.display().to_string(),
-        target => target.to_string(),
+    let target = match (&config.target, wrapped) {
+        (_, Some(command)) => command.to_owned(),
+        (Target::Unix(path), None) => path.display().to_string(),
+        (target, None) => target.to_string(),
     };
     tracing::info!("  - proxying from {local} to {target}{ssl}");
 }

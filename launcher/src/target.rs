@@ -45,6 +45,7 @@ pub async fn connect(
                     addr: path.display().to_string(),
                     source,
                 }),
+            Target::Loopback { port } => connect_loopback(*port).await.map(TargetStream::Tcp),
             Target::Tcp { host, port } => {
                 let tcp = connect_tcp(host, *port, until).await?;
                 match tls {
@@ -67,6 +68,46 @@ pub async fn connect(
     tokio::time::timeout_at(until, attempt)
         .await
         .map_err(|_| ConnectError::Timeout(deadline))?
+}
+
+/// Connects to a wrapped program's port on 127.0.0.1 or ::1, retrying while nothing listens
+/// yet (the program may be starting or respawning); the caller's deadline bounds it.
+async fn connect_loopback(port: u16) -> Result<TcpStream, ConnectError> {
+    let addrs = [
+        SocketAddr::from(([127, 0, 0, 1], port)),
+        SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)),
+    ];
+    let mut logged = false;
+    loop {
+        for addr in addrs {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Err(err) if refused_or_absent(&err) => {}
+                Err(source) => {
+                    return Err(ConnectError::Connect {
+                        addr: addr.to_string(),
+                        source,
+                    });
+                }
+            }
+        }
+        if !logged {
+            tracing::info!(port, "wrapped program not listening yet: waiting for it");
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn refused_or_absent(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::ConnectionRefused
+        || matches!(
+            err.raw_os_error(),
+            Some(libc::EADDRNOTAVAIL) | Some(libc::ENETUNREACH)
+        )
 }
 
 /// Tries every address `host` resolves to, in order; returns the first that connects.

@@ -342,6 +342,27 @@ fn bind_failure_exits_nonzero_naming_the_address() {
     drop(held);
 }
 
+#[test]
+#[ignore = "BUG: main.rs logs the startup error with tracing::error! and prints it again \
+            with eprintln!, so stderr carries it twice"]
+fn bind_failure_is_reported_on_one_line() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = held.local_addr().expect("addr").to_string();
+    let (code, _stdout, stderr) = run_websockify(&[&addr, "127.0.0.1:1"]);
+    assert_eq!(code, Some(1), "stderr:\n{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "stderr:\n{stderr}");
+    drop(held);
+}
+
+#[test]
+#[ignore = "BUG: tracing-subscriber writes ANSI colour codes even when stderr is a pipe or \
+            a file (main.rs init_logging never calls with_ansi)"]
+fn log_lines_are_plain_text_when_stderr_is_not_a_terminal() {
+    let child = spawn_websockify(&["127.0.0.1:0", "127.0.0.1:1"]);
+    let line = child.wait_for_line("listening on");
+    assert!(!line.contains('\x1b'), "escape codes in {line:?}");
+}
+
 #[tokio::test]
 async fn sigterm_sends_1001_and_exits_0_once_the_client_closes() {
     let echo = echo_server().await;
@@ -364,25 +385,50 @@ async fn sigterm_sends_1001_and_exits_0_once_the_client_closes() {
     assert_eq!(exited(watch_exit(child)).await.code(), Some(0));
 }
 
+/// Starts the binary and runs one short session through it, so that the server is known to be
+/// fully up (signal handlers included) and has no session open afterwards.
+async fn start_idle_after_a_session() -> ChildGuard {
+    let echo = echo_server().await;
+    let (child, addr) = start(&["127.0.0.1:0", &echo.to_string()]);
+    let mut client = ws_connect(addr).await;
+    assert_echoes(&mut client, b"warm up").await;
+    close_session(&mut client).await;
+    child
+}
+
 #[tokio::test]
 async fn sigterm_without_sessions_exits_0_promptly() {
-    let (child, _addr) = start(&["127.0.0.1:0", "127.0.0.1:1"]);
+    let child = start_idle_after_a_session().await;
     let sent = Instant::now();
     child.signal(libc::SIGTERM);
     assert_eq!(exited(watch_exit(child)).await.code(), Some(0));
     // A drain would wait for up to 10 s; with nothing open there is nothing to wait for.
     assert!(
         sent.elapsed() < Duration::from_secs(5),
-        "{:?}",
+        "took {:?}",
         sent.elapsed()
     );
 }
 
 #[tokio::test]
 async fn sigint_without_sessions_exits_0() {
-    let (child, _addr) = start(&["127.0.0.1:0", "127.0.0.1:1"]);
+    let child = start_idle_after_a_session().await;
     child.signal(libc::SIGINT);
     assert_eq!(exited(watch_exit(child)).await.code(), Some(0));
+}
+
+#[tokio::test]
+#[ignore = "BUG: the banner is logged before the SIGTERM/SIGINT handlers are installed \
+            (main.rs serve), so a signal sent on seeing it kills the process outright"]
+async fn sigterm_right_after_the_banner_exits_0() {
+    // Supervisors and scripts take the banner as "started"; a stop right then must still be
+    // graceful. Repeated a few times because the window is short.
+    for _ in 0..5 {
+        let (child, _addr) = start(&["127.0.0.1:0", "127.0.0.1:1"]);
+        child.signal(libc::SIGTERM);
+        let status = exited(watch_exit(child)).await;
+        assert_eq!(status.code(), Some(0), "killed by the signal: {status:?}");
+    }
 }
 
 #[tokio::test]

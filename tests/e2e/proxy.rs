@@ -329,11 +329,9 @@ async fn answers_pings_with_the_same_payload() {
 async fn bytes_sent_with_the_handshake_are_relayed() {
     let server = TestServer::start(config_to(echo_server().await)).await;
     let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-    let mut request = format!(
-        "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+    let mut request = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    )
-    .into_bytes();
+        .to_vec();
     request.extend(client_frame(0x82, b"early"));
     stream.write_all(&request).await.expect("write");
     assert!(read_head(&mut stream).await.starts_with("HTTP/1.1 101"));
