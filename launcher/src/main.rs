@@ -55,7 +55,6 @@ fn main() -> ExitCode {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(err) => {
-            tracing::error!("{err:#}");
             eprintln!("websockify: {err:#}");
             ExitCode::FAILURE
         }

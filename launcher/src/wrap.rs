@@ -424,10 +424,11 @@ fn listening_inodes(port: u16) -> HashSet<u64> {
                 .rsplit(':')
                 .next()
                 .and_then(|p| u16::from_str_radix(p, 16).ok());
-            if *state == "0A" && local_port == Some(port) {
-                if let Ok(inode) = inode.parse() {
-                    inodes.insert(inode);
-                }
+            if *state == "0A"
+                && local_port == Some(port)
+                && let Ok(inode) = inode.parse()
+            {
+                inodes.insert(inode);
             }
         }
     }
@@ -476,10 +477,10 @@ pub fn descendants(root: i32) -> Vec<i32> {
             let mut fields = rest.split_whitespace();
             let state = fields.next();
             let ppid = fields.next().and_then(|p| p.parse::<i32>().ok());
-            if let (Some(ppid), Some(state)) = (ppid, state) {
-                if state != "Z" {
-                    children.entry(ppid).or_default().push(pid);
-                }
+            if let (Some(ppid), Some(state)) = (ppid, state)
+                && state != "Z"
+            {
+                children.entry(ppid).or_default().push(pid);
             }
         }
     }
