@@ -239,4 +239,107 @@ mod tests {
         assert_eq!(parse_port(b" 5901"), None);
         assert_eq!(parse_port(b"123456"), None);
     }
+
+    use std::sync::Mutex;
+
+    /// What the fake `bind` was last called with: (family, port, address bytes).
+    static CALLS: Mutex<Vec<(u16, u16, [u8; 16])>> = Mutex::new(Vec::new());
+
+    unsafe extern "C" fn fake_bind(_fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+        let family = unsafe { core::ptr::read_unaligned(addr.cast::<sa_family_t>()) };
+        let mut bytes = [0u8; 16];
+        let port = if family == AF_INET {
+            assert_eq!(len as usize, core::mem::size_of::<sockaddr_in>());
+            let sin = unsafe { core::ptr::read_unaligned(addr.cast::<sockaddr_in>()) };
+            bytes[..4].copy_from_slice(&sin.sin_addr.to_ne_bytes());
+            u16::from_be(sin.sin_port)
+        } else {
+            let sin6 = unsafe { core::ptr::read_unaligned(addr.cast::<sockaddr_in6>()) };
+            bytes = sin6.sin6_addr;
+            u16::from_be(sin6.sin6_port)
+        };
+        CALLS.lock().unwrap().push((family, port, bytes));
+        0
+    }
+
+    fn v4(port: u16) -> sockaddr_in {
+        sockaddr_in {
+            sin_family: AF_INET,
+            sin_port: port.to_be(),
+            sin_addr: 0,
+            sin_zero: [0; 8],
+        }
+    }
+
+    fn v6(port: u16) -> sockaddr_in6 {
+        sockaddr_in6 {
+            sin6_family: AF_INET6,
+            sin6_port: port.to_be(),
+            sin6_flowinfo: 0,
+            sin6_addr: [0; 16],
+            sin6_scope_id: 0,
+        }
+    }
+
+    fn call<T>(addr: *const T, len: usize) -> Option<c_int> {
+        unsafe { moved(3, addr.cast(), len as socklen_t, fake_bind) }
+    }
+
+    /// One test for everything that reads the environment (tests run in parallel threads).
+    #[test]
+    fn hook_moves_the_old_port_and_passes_everything_else_through() {
+        let set = |old: &str, new: &str, old_name: &str, new_name: &str| unsafe {
+            for name in [
+                "REBIND_OLD_PORT",
+                "REBIND_NEW_PORT",
+                "REBIND_PORT_OLD",
+                "REBIND_PORT_NEW",
+            ] {
+                std::env::remove_var(name);
+            }
+            std::env::set_var(old_name, old);
+            std::env::set_var(new_name, new);
+        };
+        for (old_name, new_name) in [
+            ("REBIND_OLD_PORT", "REBIND_NEW_PORT"),
+            ("REBIND_PORT_OLD", "REBIND_PORT_NEW"),
+        ] {
+            set("5901", "40000", old_name, new_name);
+            CALLS.lock().unwrap().clear();
+
+            let sin = v4(5901);
+            assert_eq!(call(&sin, core::mem::size_of::<sockaddr_in>()), Some(0));
+            let sin6 = v6(5901);
+            assert_eq!(call(&sin6, core::mem::size_of::<sockaddr_in6>()), Some(0));
+            let calls = CALLS.lock().unwrap().clone();
+            let mut loopback6 = [0u8; 16];
+            loopback6[15] = 1;
+            assert_eq!(calls[0].0, AF_INET);
+            assert_eq!(calls[0].1, 40000);
+            assert_eq!(&calls[0].2[..4], &[127, 0, 0, 1]);
+            assert_eq!(
+                (calls[1].0, calls[1].1, calls[1].2),
+                (AF_INET6, 40000, loopback6)
+            );
+
+            // Other ports, short lengths, NULL and other families pass through untouched.
+            let other = v4(5902);
+            assert_eq!(call(&other, core::mem::size_of::<sockaddr_in>()), None);
+            assert_eq!(call(&sin, core::mem::size_of::<sockaddr_in>() - 1), None);
+            assert_eq!(call(&sin6, core::mem::size_of::<sockaddr_in6>() - 1), None);
+            assert_eq!(call(&sin, 1), None);
+            assert_eq!(call(core::ptr::null::<sockaddr_in>(), 16), None);
+            let mut unix = [0u8; 110];
+            unix[..2].copy_from_slice(&1u16.to_ne_bytes());
+            assert_eq!(call(unix.as_ptr(), unix.len()), None);
+        }
+        // Unset or malformed variables disable the hook.
+        set("5901", "x", "REBIND_OLD_PORT", "REBIND_NEW_PORT");
+        assert_eq!(call(&v4(5901), core::mem::size_of::<sockaddr_in>()), None);
+        unsafe {
+            std::env::remove_var("REBIND_OLD_PORT");
+            std::env::remove_var("REBIND_NEW_PORT");
+        }
+        assert_eq!(call(&v4(5901), core::mem::size_of::<sockaddr_in>()), None);
+    }
 }

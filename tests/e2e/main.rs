@@ -5,3 +5,4 @@ mod cli;
 mod proxy;
 mod tls;
 mod util;
+mod wrap;
