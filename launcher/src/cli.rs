@@ -78,6 +78,8 @@ pub struct Options {
     pub auth_plugin: Option<String>,
     /// `--auth-source ARG`.
     pub auth_source: Option<String>,
+    /// `--allowed-origin "ORIGIN ..."` (beyond upstream): browser origins allowed to connect.
+    pub allowed_origins: Vec<String>,
     /// `--log-file FILE`.
     pub log_file: Option<PathBuf>,
     /// `--syslog SERVER`: a Unix socket path, or UDP `host:port` (port already checked).
@@ -257,6 +259,10 @@ struct WebArgs {
     /// Argument for the auth plugin
     #[arg(long, value_name = "ARG")]
     auth_source: Option<String>,
+    /// Only browsers on these origins may connect (space- or comma-separated,
+    /// e.g. "https://vnc.example.org"); works with or without an auth plugin
+    #[arg(long, value_name = "ORIGINS")]
+    allowed_origin: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -757,6 +763,13 @@ fn build(cli: Cli, wrap: bool) -> Result<Options, UsageError> {
         host_token: w.host_token,
         auth_plugin,
         auth_source,
+        allowed_origins: w
+            .allowed_origin
+            .iter()
+            .flat_map(|list| list.split([' ', ',']))
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect(),
         log_file: given(log.log_file).map(PathBuf::from),
         syslog,
         legacy_syslog: log.legacy_syslog,

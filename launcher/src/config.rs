@@ -44,6 +44,10 @@ pub enum Listen {
         port: u16,
         prefer_ipv6: bool,
     },
+    /// `--unix-listen FILE` with `--unix-listen-mode` (octal permissions).
+    Unix { path: PathBuf, mode: u32 },
+    /// `--inetd`: the socket on standard input (listening, or one accepted connection).
+    Inetd,
 }
 
 /// Where proxied connections go.

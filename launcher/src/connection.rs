@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::frame::close_code;
@@ -16,13 +15,13 @@ use crate::stream::ClientStream;
 use crate::target;
 
 /// Serves one accepted connection; logs instead of returning errors.
-pub async fn handle(tcp: TcpStream, shared: Arc<Shared>) {
+pub async fn handle(client: ClientStream, shared: Arc<Shared>) {
     let config = &shared.config;
     let accepted = Instant::now();
     let deadline = accepted + config.handshake_timeout;
     tracing::debug!("accepted connection");
 
-    let stream = match sniff::sniff(&tcp, config.first_byte_timeout).await {
+    let stream = match sniff::sniff(&client, config.first_byte_timeout).await {
         Ok(Sniffed::Tls) => {
             let acceptor = match shared.tls.acceptor() {
                 Ok(acceptor) => acceptor,
@@ -31,7 +30,7 @@ pub async fn handle(tcp: TcpStream, shared: Arc<Shared>) {
                     return;
                 }
             };
-            match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            match tokio::time::timeout_at(deadline, acceptor.accept(client)).await {
                 Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
                 Ok(Err(err)) => {
                     tracing::info!("TLS handshake failed: {err}");
@@ -46,11 +45,21 @@ pub async fn handle(tcp: TcpStream, shared: Arc<Shared>) {
                 }
             }
         }
-        Ok(Sniffed::Plain) if config.tls.ssl_only => {
+        Ok(Sniffed::Plain | Sniffed::FlashPolicy) if config.tls.ssl_only => {
             tracing::info!("non-TLS connection refused (--ssl-only)");
             return;
         }
-        Ok(Sniffed::Plain) => ClientStream::Plain(tcp),
+        Ok(Sniffed::FlashPolicy) => {
+            let mut client = client;
+            match sniff::answer_flash_policy(&mut client, config.first_byte_timeout).await {
+                Ok(true) => tracing::info!("answered a Flash policy request"),
+                _ => tracing::debug!(
+                    "dropped a connection that started with '<' but is no policy request"
+                ),
+            }
+            return;
+        }
+        Ok(Sniffed::Plain) => client,
         Err(err) => {
             tracing::debug!("connection dropped: {err}");
             return;

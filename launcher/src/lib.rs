@@ -22,7 +22,7 @@
 //! `main` parses the command line (`cli`, optparse-compatible), binds the listener (`listen`)
 //! and calls [`run`], which tests call directly with a listener on port 0.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod buffer;
 pub mod cli;

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 use websockify::cli::{self, Options, Parsed};
 use websockify::config::{Listen, Target};
-use websockify::listen;
+use websockify::listen::{self, Listener};
 use websockify::wrap::{WrapEnd, Wrapper};
 
 fn main() -> ExitCode {
@@ -64,13 +64,11 @@ fn main() -> ExitCode {
 /// Options accepted for compatibility whose behaviour is not built yet: refusing them beats
 /// silently running without them.
 fn not_implemented(options: &Options) -> Option<&'static str> {
-    let checks: [(bool, &'static str); 11] = [
+    let checks: [(bool, &'static str); 8] = [
         (options.web.is_some(), "--web"),
         (options.record.is_some(), "--record"),
         (options.traffic, "--traffic"),
         (options.daemon, "--daemon"),
-        (options.inetd, "--inetd"),
-        (options.unix_listen.is_some(), "--unix-listen"),
         (
             options.token_plugin.is_some(),
             "--token-plugin/--target-config",
@@ -78,7 +76,6 @@ fn not_implemented(options: &Options) -> Option<&'static str> {
         (options.auth_plugin.is_some(), "--auth-plugin"),
         (options.log_file.is_some(), "--log-file"),
         (options.syslog.is_some(), "--syslog"),
-        (options.libserver, "--libserver"),
     ];
     checks
         .into_iter()
@@ -111,21 +108,47 @@ fn raise_fd_limit() {
 /// Binds, serves, and in wrap mode supervises the program; returns the exit status.
 async fn serve(options: Options) -> anyhow::Result<i32> {
     let mut config = options.config;
-    let listener = listen::bind(&config.listen)?;
-    let local = listener.local_addr()?;
+    if options.inetd {
+        config.listen = Listen::Inetd;
+    } else if let Some(path) = &options.unix_listen {
+        config.listen = Listen::Unix {
+            path: path.clone(),
+            mode: options.unix_listen_mode,
+        };
+    }
+    if options.libserver {
+        tracing::warn!("--libserver has no effect: websockify always uses its own server engine");
+    }
+    let listener = match listen::from_systemd()? {
+        Some(listener) => {
+            tracing::info!(
+                "using the socket passed by systemd (LISTEN_FDS); the listen argument is ignored"
+            );
+            listener
+        }
+        None => listen::bind(&config.listen)?,
+    };
+    let local = listener.describe();
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone())?;
 
     if options.wrap_command.is_empty() {
-        banner(&config, local, None);
+        banner(&config, &local, None);
+        listen::sd_notify("READY=1");
         websockify::run(config, listener, shutdown).await?;
+        listen::sd_notify("STOPPING=1");
         return Ok(0);
     }
-    let mut wrapper = Wrapper::new(options.wrap_command, options.wrap_mode, local.port())?;
+    let Listener::Tcp(tcp) = &listener else {
+        anyhow::bail!("wrapping a program needs a TCP listen port (not --unix-listen or --inetd)");
+    };
+    let public_port = tcp.local_addr()?.port();
+    let mut wrapper = Wrapper::new(options.wrap_command, options.wrap_mode, public_port)?;
     config.target = Target::Loopback {
         port: wrapper.loopback_port(),
     };
-    banner(&config, local, Some(&wrapper.describe()));
+    banner(&config, &local, Some(&wrapper.describe()));
+    listen::sd_notify("READY=1");
 
     let mut server = std::pin::pin!(websockify::run(config, listener, shutdown.clone()));
     enum First {
@@ -158,10 +181,15 @@ async fn serve(options: Options) -> anyhow::Result<i32> {
 }
 
 /// Upstream's settings banner, plus the address actually bound (port 0 picks one).
-fn banner(config: &websockify::Config, local: std::net::SocketAddr, wrapped: Option<&str>) {
+fn banner(config: &websockify::Config, local: &str, wrapped: Option<&str>) {
     tracing::info!("WebSocket server settings:");
-    let Listen::Tcp { host, port, .. } = &config.listen;
-    tracing::info!("  - Listen on {}:{port}", host.as_deref().unwrap_or(""));
+    match &config.listen {
+        Listen::Tcp { host, port, .. } => {
+            tracing::info!("  - Listen on {}:{port}", host.as_deref().unwrap_or(""))
+        }
+        Listen::Unix { path, .. } => tracing::info!("  - Listen on unix socket {}", path.display()),
+        Listen::Inetd => tracing::info!("  - Listen for inetd connections"),
+    }
     tracing::info!("  - listening on {local}");
     if std::path::Path::new(&config.tls.cert).exists() {
         tracing::info!("  - SSL/TLS support");

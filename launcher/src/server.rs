@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
@@ -13,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 use crate::config::Config;
+use crate::listen::Listener;
 use crate::tls::{self, TlsServer};
 
 /// Read-only state every connection sees. The TLS config cache inside [`TlsServer`] is the
@@ -30,9 +30,10 @@ pub struct Shared {
 /// Serves `listener` until `shutdown` is cancelled or a lifecycle option ends the server.
 pub async fn run(
     config: Config,
-    listener: TcpListener,
+    listener: impl Into<Listener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut listener = listener.into();
     let tls = TlsServer::new(&config.tls).context("TLS settings")?;
     if tls.cert_present()
         && let Err(err) = tls.check()
@@ -82,11 +83,14 @@ pub async fn run(
                 }
             }
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
+                Ok(Some((stream, peer))) => {
                     next_id += 1;
-                    let _ = stream.set_nodelay(true);
                     let span = tracing::info_span!("conn", id = next_id, %peer);
                     tracker.spawn(crate::connection::handle(stream, Arc::clone(&shared)).instrument(span));
+                }
+                Ok(None) => {
+                    tracing::debug!("no more connections from {}", listener.describe());
+                    break;
                 }
                 Err(err) => {
                     // Out of file descriptors and the like: wait a moment instead of spinning.

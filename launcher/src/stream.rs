@@ -9,16 +9,59 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
-/// A client connection after TLS sniffing.
+/// A client connection: accepted over TCP or a unix socket, possibly wrapped in TLS.
 pub enum ClientStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    Tls(Box<tokio_rustls::server::TlsStream<ClientStream>>),
 }
 
 impl ClientStream {
     /// Whether the client came over TLS (wss:// or https://).
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::Tls(_))
+    }
+
+    /// The DER of the client's verified TLS certificate (end entity), if it presented one.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        match self {
+            ClientStream::Tls(tls) => tls
+                .get_ref()
+                .1
+                .peer_certificates()?
+                .first()
+                .map(|c| c.to_vec()),
+            _ => None,
+        }
+    }
+
+    /// Waits (without consuming) until at least one byte can be read; returns the first
+    /// byte, or `None` at EOF.
+    pub async fn peek_first(&self) -> io::Result<Option<u8>> {
+        let mut first = [0u8; 1];
+        let n = match self {
+            ClientStream::Tcp(tcp) => tcp.peek(&mut first).await?,
+            ClientStream::Unix(unix) => loop {
+                unix.readable().await?;
+                let peeked = unix.try_io(tokio::io::Interest::READABLE, || {
+                    use nix::sys::socket::{MsgFlags, recv};
+                    use std::os::fd::AsRawFd as _;
+                    recv(
+                        unix.as_raw_fd(),
+                        &mut first,
+                        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+                    )
+                    .map_err(io::Error::from)
+                });
+                match peeked {
+                    Ok(n) => break n,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                    Err(err) => return Err(err),
+                }
+            },
+            ClientStream::Tls(_) => return Ok(None),
+        };
+        Ok((n > 0).then_some(first[0]))
     }
 }
 
@@ -62,5 +105,5 @@ macro_rules! forward_io {
     };
 }
 
-forward_io!(ClientStream { Plain, Tls });
+forward_io!(ClientStream { Tcp, Unix, Tls });
 forward_io!(TargetStream { Tcp, Unix, Tls });

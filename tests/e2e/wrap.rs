@@ -1,1 +1,937 @@
+//! Wrap mode end to end (`websockify PORT -- PROGRAM ARGS`): real programs (a Python TCP
+//! server, socat + telnetd, Xtigervnc) started under `rebind.so`, checked through the proxy and
+//! through `/proc`: the public port is held only by websockify, the program listens only on
+//! loopback, the wrap modes, exit statuses, and that stopping websockify leaves no process of
+//! the program behind.
+//!
+//! Tests that need a program this machine lacks print why and pass, so the suite runs anywhere.
 
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::util::*;
+
+// ---------------------------------------------------------------------------------------------
+// Programs to wrap
+
+/// A TCP server that binds `0.0.0.0:PORT` (`4`) or `[::]:PORT` (`6`), greets each client and
+/// echoes. `--ignore-term` ignores SIGTERM; `--delay=S` waits S seconds before binding (a slow
+/// starter). Options apply in order, before the bind.
+const SERVER_PY: &str = r#"
+import signal, socket, sys, threading, time
+
+port, family = int(sys.argv[1]), sys.argv[2]
+for opt in sys.argv[3:]:
+    if opt == "--ignore-term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    elif opt.startswith("--delay="):
+        time.sleep(float(opt[len("--delay="):]))
+if family == "6":
+    server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    address = ("::", port)
+else:
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    address = ("0.0.0.0", port)
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(address)
+server.listen(8)
+
+def serve(conn):
+    with conn:
+        conn.sendall(b"hello from python\n")
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            conn.sendall(data)
+
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"#;
+
+const GREETING: &[u8] = b"hello from python\n";
+
+/// The Python server script written to a temporary directory (removed on drop).
+struct PyServer {
+    python: PathBuf,
+    _dir: tempfile::TempDir,
+    script: PathBuf,
+}
+
+impl PyServer {
+    /// `None` (after saying so) when python3 is not installed.
+    fn new() -> Option<PyServer> {
+        let Some(python) = find_program("python3") else {
+            eprintln!("skipped: python3 is not installed");
+            return None;
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("server.py");
+        std::fs::write(&script, SERVER_PY).expect("write server.py");
+        Some(PyServer {
+            python,
+            _dir: dir,
+            script,
+        })
+    }
+
+    /// The command line after `--`: `python3 server.py PORT FAMILY OPTIONS...`.
+    fn argv(&self, port: u16, family: &str, options: &[&str]) -> Vec<String> {
+        let mut argv = vec![
+            self.python.display().to_string(),
+            self.script.display().to_string(),
+            port.to_string(),
+            family.to_owned(),
+        ];
+        argv.extend(options.iter().map(|o| (*o).to_owned()));
+        argv
+    }
+
+    /// The same as one shell word list, for `sh -c`.
+    fn shell(&self, port: u16, family: &str, options: &[&str]) -> String {
+        self.argv(port, family, options)
+            .iter()
+            .map(|word| format!("'{}'", word.replace('\'', r"'\''")))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// `name` in /usr/bin, /usr/sbin or on `PATH` (the system python first: a pyenv shim is a
+/// shell script that costs a noticeable startup).
+fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
+        .into_iter()
+        .map(PathBuf::from)
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn ipv6_available() -> bool {
+    std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Starting websockify in wrap mode
+
+/// A port free on every address (IPv6 and IPv4) right now; the caller binds it soon after.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))
+        .or_else(|_| std::net::TcpListener::bind("0.0.0.0:0"))
+        .expect("bind a port to learn a free one");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// websockify in wrap mode; on drop, whatever is left of the wrapped program's tree is killed
+/// before websockify itself (so a failing test leaves no program behind).
+struct Wrapped {
+    ws: ChildGuard,
+    /// The public port, which websockify listens on and the program asks to bind.
+    port: u16,
+}
+
+impl Drop for Wrapped {
+    fn drop(&mut self) {
+        for pid in descendants(self.ws.pid) {
+            // SAFETY: kill(2) on a live descendant of the websockify this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+impl Wrapped {
+    /// Starts `websockify <listen(port)> <options> -- <program(port)>` on a free port and
+    /// waits for its banner; tries a second port if another process took the first meanwhile.
+    fn start(
+        listen: impl Fn(u16) -> String,
+        options: &[&str],
+        program: impl Fn(u16) -> Vec<String>,
+    ) -> Wrapped {
+        for attempt in 0..2 {
+            let port = free_port();
+            let mut args = vec![listen(port)];
+            args.extend(options.iter().map(|o| (*o).to_owned()));
+            args.push("--".to_owned());
+            args.extend(program(port));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let ws = spawn_websockify(&args);
+            match next_line(&ws, &["  - listening on", "cannot listen"]) {
+                Some(line) if line.contains("listening on") => return Wrapped { ws, port },
+                Some(line) if attempt == 0 => eprintln!("port {port} was taken: {line}"),
+                other => panic!("websockify {args:?} did not start: {other:?}"),
+            }
+        }
+        unreachable!()
+    }
+
+    /// Waits for a stderr line containing `needle` (bounded), without stalling the runtime.
+    fn line(&self, needle: &str) -> String {
+        tokio::task::block_in_place(|| self.ws.wait_for_line(needle))
+    }
+
+    /// Waits for `wrapped program listens on loopback port N`; returns N.
+    fn moved_port(&self) -> u16 {
+        let line = self.line("wrapped program listens on loopback port");
+        number_after(&line, "loopback port ").unwrap_or_else(|| panic!("no port in {line:?}"))
+    }
+
+    /// Waits for `Starting '...' pid=N`; returns N.
+    fn started_pid(&self) -> i32 {
+        let line = self.line("Starting '");
+        number_after(&line, "pid=").unwrap_or_else(|| panic!("no pid in {line:?}"))
+    }
+
+    /// Waits (bounded) for websockify to exit, without stalling the runtime.
+    fn exit(&mut self) -> ExitStatus {
+        tokio::task::block_in_place(|| self.ws.wait_exit())
+    }
+
+    fn public_v4(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+}
+
+/// The next stderr line containing one of `needles`, or `None` on EOF or after [`STEP`].
+fn next_line(ws: &ChildGuard, needles: &[&str]) -> Option<String> {
+    let deadline = std::time::Instant::now() + STEP;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let line = ws.stderr_lines.recv_timeout(left).ok()?;
+        if needles.iter().any(|n| line.contains(n)) {
+            return Some(line);
+        }
+    }
+    None
+}
+
+/// Parses the decimal number right after `marker` in `line`.
+fn number_after<T: std::str::FromStr>(line: &str, marker: &str) -> Option<T> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// Runs `websockify 127.0.0.1:PORT -- program(PORT)` to completion (retrying once on a port
+/// taken meanwhile); returns its exit code and stderr.
+fn run_wrapped(program: &[&str]) -> (Option<i32>, String) {
+    for attempt in 0..2 {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut args = vec![listen.as_str(), "--"];
+        args.extend_from_slice(program);
+        let (code, _stdout, stderr) = run_websockify(&args);
+        if attempt == 0 && stderr.contains("cannot listen") {
+            continue;
+        }
+        return (code, stderr);
+    }
+    unreachable!()
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc: processes and listening sockets
+
+/// A listening TCP socket from /proc/net/tcp or tcp6.
+#[derive(Debug, Clone, Copy)]
+struct Listening {
+    addr: SocketAddr,
+    inode: u64,
+}
+
+/// Every listening TCP socket in this network namespace.
+fn listening_sockets() -> Vec<Listening> {
+    let mut out = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(&"0A"), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            if let (Some(addr), Ok(inode)) = (parse_proc_addr(local), inode.parse()) {
+                out.push(Listening { addr, inode });
+            }
+        }
+    }
+    out
+}
+
+/// Parses `0100007F:1F90` or a 32-digit IPv6 form: 32-bit words in host byte order.
+fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::with_capacity(16);
+    for i in (0..ip.len()).step_by(8) {
+        let word = u32::from_str_radix(ip.get(i..i + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&word.to_ne_bytes());
+    }
+    let ip = match bytes.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+        16 => IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Socket inodes among the open descriptors of `pid`.
+fn socket_inodes(pid: i32) -> HashSet<u64> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return HashSet::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let target = std::fs::read_link(entry.path()).ok()?;
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// `(parent pid, state)` of a process, `None` when it does not exist.
+fn stat(pid: i32) -> Option<(i32, char)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = text.get(text.rfind(')')? + 2..)?.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let ppid = fields.next()?.parse().ok()?;
+    Some((ppid, state))
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie waiting to be reaped).
+fn alive(pid: i32) -> bool {
+    matches!(stat(pid), Some((_, state)) if state != 'Z' && state != 'X')
+}
+
+/// Live descendants of `root`.
+fn descendants(root: i32) -> Vec<i32> {
+    let mut parents = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok())
+            && let Some((ppid, state)) = stat(pid)
+            && state != 'Z'
+        {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(parent) = stack.pop() {
+        for &(pid, ppid) in &parents {
+            if ppid == parent {
+                out.push(pid);
+                stack.push(pid);
+            }
+        }
+    }
+    out
+}
+
+fn is_loopback(ip: IpAddr) -> bool {
+    ip.to_canonical().is_loopback()
+}
+
+/// The listening sockets `pid` holds.
+fn listening_of(pid: i32, all: &[Listening]) -> Vec<Listening> {
+    let inodes = socket_inodes(pid);
+    all.iter()
+        .copied()
+        .filter(|l| inodes.contains(&l.inode))
+        .collect()
+}
+
+/// Asserts that `port` is listened on, only by websockify (`ws`), and by none of its children.
+fn assert_public_port_held_only_by_websockify(ws: i32, port: u16) {
+    let all = listening_sockets();
+    let public: Vec<Listening> = all
+        .iter()
+        .copied()
+        .filter(|l| l.addr.port() == port)
+        .collect();
+    assert!(!public.is_empty(), "nothing listens on public port {port}");
+    let mine = socket_inodes(ws);
+    for socket in &public {
+        assert!(
+            mine.contains(&socket.inode),
+            "{} (public port) is held by another process than websockify",
+            socket.addr
+        );
+    }
+    for pid in descendants(ws) {
+        let held = listening_of(pid, &public);
+        assert!(
+            held.is_empty(),
+            "wrapped process {pid} holds the public port: {held:?}"
+        );
+    }
+}
+
+/// Asserts that the listening sockets of `pids` on `ports` are all on loopback and that one
+/// of them listens on `moved`; returns the addresses they listen on.
+fn assert_listens_only_on_loopback(pids: &[i32], ports: &[u16], moved: u16) -> Vec<SocketAddr> {
+    let all = listening_sockets();
+    let mut addrs = Vec::new();
+    for &pid in pids {
+        for socket in listening_of(pid, &all) {
+            if ports.contains(&socket.addr.port()) {
+                assert!(
+                    is_loopback(socket.addr.ip()),
+                    "wrapped process {pid} listens on non-loopback {}",
+                    socket.addr
+                );
+                addrs.push(socket.addr);
+            }
+        }
+    }
+    assert!(
+        addrs.iter().any(|a| a.port() == moved),
+        "no wrapped process listens on moved port {moved}; found {addrs:?}"
+    );
+    addrs
+}
+
+/// This machine's non-loopback addresses: IPv4 from /proc/net/fib_trie, IPv6 (global and
+/// unique-local; link-local needs a scope) from /proc/net/if_inet6.
+fn non_loopback_addrs() -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    let trie = std::fs::read_to_string("/proc/net/fib_trie").unwrap_or_default();
+    let mut previous: Option<IpAddr> = None;
+    for line in trie.lines() {
+        let line = line.trim();
+        if let Some(addr) = line.strip_prefix("|-- ") {
+            previous = addr.parse().ok();
+        } else if line.starts_with("/32 host LOCAL")
+            && let Some(ip) = previous
+            && !ip.is_loopback()
+            && !out.contains(&ip)
+        {
+            out.push(ip);
+        }
+    }
+    let inet6 = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+    for line in inet6.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(hex), Some(&"00")) = (fields.first(), fields.get(3)) else {
+            continue;
+        };
+        if let Ok(value) = u128::from_str_radix(hex, 16) {
+            let ip = IpAddr::from(Ipv6Addr::from(value));
+            if !ip.is_loopback() && !out.contains(&ip) {
+                out.push(ip);
+            }
+        }
+    }
+    out
+}
+
+/// Asserts that `port` refuses connections on every non-loopback address of this machine.
+async fn assert_unreachable_from_outside(port: u16) {
+    for ip in non_loopback_addrs() {
+        let addr = SocketAddr::new(ip, port);
+        match within("connect from outside", TcpStream::connect(addr)).await {
+            Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            other => panic!("moved port reachable on {addr}: {other:?}"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket side
+
+/// Opens a WebSocket session through websockify at `addr`.
+async fn ws_open(addr: SocketAddr) -> TcpStream {
+    let (stream, head) = raw_upgrade(addr, "").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
+    stream
+}
+
+/// Reads data frames until `needle` has arrived; returns everything read. Fails on a close.
+async fn read_until(stream: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
+    let mut data = Vec::new();
+    within("data through the proxy", async {
+        while !contains(&data, needle) {
+            let (b0, payload) = read_frame(stream).await;
+            match b0 & 0x0f {
+                0x8 => panic!(
+                    "closed before {:?} arrived: {payload:?}; got {:?}",
+                    String::from_utf8_lossy(needle),
+                    String::from_utf8_lossy(&data)
+                ),
+                0x1 | 0x2 | 0x0 => data.extend_from_slice(&payload),
+                _ => {}
+            }
+        }
+    })
+    .await;
+    data
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Sends `payload` as one binary frame.
+async fn ws_send(stream: &mut TcpStream, payload: &[u8]) {
+    within(
+        "send a frame",
+        stream.write_all(&client_frame(0x82, payload)),
+    )
+    .await
+    .expect("send a frame");
+}
+
+/// Closes the session from the client side and waits for the server to finish it.
+async fn ws_close(mut stream: TcpStream) {
+    ws_send_close(&mut stream).await;
+    let mut rest = Vec::new();
+    let _ = within("server ends the session", stream.read_to_end(&mut rest)).await;
+}
+
+async fn ws_send_close(stream: &mut TcpStream) {
+    within(
+        "send close",
+        stream.write_all(&client_frame(0x88, &1000u16.to_be_bytes())),
+    )
+    .await
+    .expect("send close");
+}
+
+/// Greets through a session and checks the echo: the program is reached through the proxy.
+async fn assert_python_session(addr: SocketAddr) {
+    let mut stream = ws_open(addr).await;
+    read_until(&mut stream, GREETING).await;
+    ws_send(&mut stream, b"through the proxy").await;
+    read_until(&mut stream, b"through the proxy").await;
+    ws_close(stream).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. A dynamic server binding 0.0.0.0:PORT or [::]:PORT
+
+async fn moves_a_server_to_loopback(family: &str) {
+    let Some(py) = PyServer::new() else { return };
+    let server = Wrapped::start(|p| p.to_string(), &[], |p| py.argv(p, family, &[]));
+    let program = server.started_pid();
+    let moved = server.moved_port();
+
+    assert_public_port_held_only_by_websockify(server.ws.pid, server.port);
+    let tree = descendants(server.ws.pid);
+    assert!(tree.contains(&program), "pid {program} not in {tree:?}");
+    let addrs = assert_listens_only_on_loopback(&tree, &[server.port, moved], moved);
+    let expected = if family == "6" {
+        SocketAddr::from((Ipv6Addr::LOCALHOST, moved))
+    } else {
+        SocketAddr::from(([127, 0, 0, 1], moved))
+    };
+    assert_eq!(addrs, vec![expected], "where the program listens");
+    assert_unreachable_from_outside(moved).await;
+
+    // Data flows, over IPv4 and (dual-stack listener) IPv6.
+    assert_python_session(server.public_v4()).await;
+    if ipv6_available() {
+        assert_python_session(SocketAddr::from((Ipv6Addr::LOCALHOST, server.port))).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_a_server_binding_ipv4_any_to_loopback_and_proxies_to_it() {
+    moves_a_server_to_loopback("4").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moves_a_server_binding_ipv6_any_to_loopback_and_proxies_to_it() {
+    if !ipv6_available() {
+        eprintln!("skipped: no IPv6 loopback");
+        return;
+    }
+    moves_a_server_to_loopback("6").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loopback_listen_address_wraps_too() {
+    let Some(py) = PyServer::new() else { return };
+    let server = Wrapped::start(|p| format!("127.0.0.1:{p}"), &[], |p| py.argv(p, "4", &[]));
+    let moved = server.moved_port();
+    assert_public_port_held_only_by_websockify(server.ws.pid, server.port);
+    let tree = descendants(server.ws.pid);
+    assert_listens_only_on_loopback(&tree, &[server.port, moved], moved);
+    assert_python_session(server.public_v4()).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. telnet (socat + inetutils telnetd) in respawn mode
+
+const IAC: u8 = 255;
+const DONT: u8 = 254;
+const DO: u8 = 253;
+const WONT: u8 = 252;
+const WILL: u8 = 251;
+const SB: u8 = 250;
+const SE: u8 = 240;
+
+/// A minimal telnet client: refuses every option (DO -> WONT, WILL -> DONT), skips
+/// subnegotiations, and keeps the text.
+#[derive(Default)]
+struct Telnet {
+    pending: Vec<u8>,
+    text: Vec<u8>,
+    commands: usize,
+}
+
+impl Telnet {
+    /// Takes bytes from the server; returns the answer to send.
+    fn feed(&mut self, data: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(data);
+        let mut reply = Vec::new();
+        let mut i = 0;
+        while i < self.pending.len() {
+            if self.pending[i] != IAC {
+                self.text.push(self.pending[i]);
+                i += 1;
+                continue;
+            }
+            let Some(&command) = self.pending.get(i + 1) else {
+                break;
+            };
+            match command {
+                DO | DONT | WILL | WONT => {
+                    let Some(&option) = self.pending.get(i + 2) else {
+                        break;
+                    };
+                    match command {
+                        DO => reply.extend_from_slice(&[IAC, WONT, option]),
+                        WILL => reply.extend_from_slice(&[IAC, DONT, option]),
+                        _ => {}
+                    }
+                    self.commands += 1;
+                    i += 3;
+                }
+                SB => {
+                    let Some(end) = self.pending[i..].windows(2).position(|w| w == [IAC, SE])
+                    else {
+                        break;
+                    };
+                    self.commands += 1;
+                    i += end + 2;
+                }
+                IAC => {
+                    self.text.push(IAC);
+                    i += 2;
+                }
+                _ => {
+                    self.commands += 1;
+                    i += 2;
+                }
+            }
+        }
+        self.pending.drain(..i);
+        reply
+    }
+}
+
+/// Runs the telnet dialogue through a WebSocket session until the login prompt.
+async fn telnet_login_prompt(addr: SocketAddr) {
+    let mut stream = ws_open(addr).await;
+    let mut telnet = Telnet::default();
+    within("telnet negotiation and login prompt", async {
+        while !contains(&telnet.text, b"login:") {
+            let (b0, payload) = read_frame(&mut stream).await;
+            assert_ne!(
+                b0 & 0x0f,
+                0x8,
+                "closed before the login prompt: {payload:?}; text so far {:?}",
+                String::from_utf8_lossy(&telnet.text)
+            );
+            let reply = telnet.feed(&payload);
+            if !reply.is_empty() {
+                ws_send(&mut stream, &reply).await;
+            }
+        }
+    })
+    .await;
+    assert!(telnet.commands > 0, "no telnet negotiation (IAC) seen");
+    ws_close(stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn respawns_a_one_shot_telnet_server_for_each_client() {
+    let (Some(socat), Some(telnetd)) = (find_program("socat"), find_program("telnetd")) else {
+        eprintln!("skipped: socat or telnetd is not installed");
+        return;
+    };
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        // login(1) under telnetd prompts only when started as root.
+        eprintln!("skipped: telnetd needs root to reach the login prompt");
+        return;
+    }
+    let server = Wrapped::start(
+        |p| p.to_string(),
+        &["--wrap-mode=respawn"],
+        |p| {
+            vec![
+                socat.display().to_string(),
+                format!("TCP-LISTEN:{p},reuseaddr"),
+                format!("EXEC:{},nofork", telnetd.display()),
+            ]
+        },
+    );
+    let first = server.started_pid();
+    server.moved_port();
+    telnet_login_prompt(server.public_v4()).await;
+
+    // socat served its one client and exited; respawn mode starts it again.
+    server.line("wrapped program exited");
+    let second = server.started_pid();
+    assert_ne!(first, second, "a new process");
+    server.moved_port();
+    telnet_login_prompt(server.public_v4()).await;
+    assert!(alive(server.ws.pid), "websockify keeps running");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. VNC (Xtigervnc) in ignore mode
+
+/// An X display number nobody uses (no lock file, no socket).
+fn free_display() -> Option<u32> {
+    let unix = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    let start = std::process::id() % 60;
+    (0..60).map(|i| 20 + (start + i) % 60).find(|n| {
+        !Path::new(&format!("/tmp/.X{n}-lock")).exists()
+            && !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists()
+            && !unix.contains(&format!("/tmp/.X11-unix/X{n}\n"))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxies_xtigervnc_in_ignore_mode_and_stops_it_on_sigterm() {
+    let Some(xvnc) = find_program("Xtigervnc") else {
+        eprintln!("skipped: Xtigervnc is not installed");
+        return;
+    };
+    let display = free_display().expect("a free X display number");
+    let mut server = Wrapped::start(
+        |p| p.to_string(),
+        &["--wrap-mode=ignore"],
+        |p| {
+            vec![
+                xvnc.display().to_string(),
+                format!(":{display}"),
+                "-rfbport".into(),
+                p.to_string(),
+                "-SecurityTypes".into(),
+                "None".into(),
+                "-localhost=0".into(),
+            ]
+        },
+    );
+    let xpid = server.started_pid();
+    let moved = server.moved_port();
+
+    // The RFB banner arrives through the proxy.
+    let mut stream = ws_open(server.public_v4()).await;
+    let banner = read_until(&mut stream, b"\n").await;
+    assert_eq!(banner, b"RFB 003.008\n");
+    ws_close(stream).await;
+
+    // Xtigervnc asked for every address (-localhost=0, IPv4 and IPv6); it got loopback only.
+    assert_public_port_held_only_by_websockify(server.ws.pid, server.port);
+    let addrs = assert_listens_only_on_loopback(&[xpid], &[server.port, moved], moved);
+    if ipv6_available() {
+        assert!(
+            addrs.contains(&SocketAddr::from((Ipv6Addr::LOCALHOST, moved))),
+            "the IPv6 listener moved to [::1]: {addrs:?}"
+        );
+    }
+    assert_unreachable_from_outside(moved).await;
+    // On the public port, only websockify answers: a raw TCP client gets no RFB banner.
+    let outside = non_loopback_addrs()
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, server.port))
+        .chain([server.public_v4()]);
+    for addr in outside {
+        let mut raw = within("connect raw", TcpStream::connect(addr))
+            .await
+            .expect("connect to the public port");
+        let mut buf = [0u8; 12];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(300), raw.read(&mut buf)).await
+        {
+            assert!(!buf[..n].starts_with(b"RFB"), "raw VNC on {addr}");
+        }
+    }
+
+    server.ws.signal(libc::SIGTERM);
+    let status = server.exit();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "websockify after SIGTERM: {status:?}"
+    );
+    assert!(!alive(xpid), "Xtigervnc {xpid} outlived websockify");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. Exit mode passes on the program's status
+
+#[test]
+fn exit_mode_exits_with_the_program_status() {
+    let (code, stderr) = run_wrapped(&["sh", "-c", "exit 7"]);
+    assert_eq!(code, Some(7), "{stderr}");
+    assert!(
+        stderr.contains("wrapped program exited (status 7)"),
+        "{stderr}"
+    );
+
+    let (code, stderr) = run_wrapped(&["true"]);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
+fn exit_mode_reports_a_program_killed_by_a_signal_as_128_plus_n() {
+    let (code, stderr) = run_wrapped(&["sh", "-c", "kill -TERM $$"]);
+    assert_eq!(code, Some(128 + libc::SIGTERM), "{stderr}");
+}
+
+#[test]
+fn a_program_that_cannot_be_started_is_an_error() {
+    let (code, stderr) = run_wrapped(&["/nonexistent/program"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("/nonexistent/program"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5. Stopping websockify stops the program's whole tree
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_whole_program_tree_including_escaped_daemons() {
+    let Some(py) = PyServer::new() else { return };
+    // A background child in the program's process group, one that left it (setsid), and the
+    // server itself.
+    let mut server = Wrapped::start(
+        |p| format!("127.0.0.1:{p}"),
+        &[],
+        |p| {
+            vec![
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "sleep 300 & setsid sleep 301 & exec {}",
+                    py.shell(p, "4", &[])
+                ),
+            ]
+        },
+    );
+    let program = server.started_pid();
+    server.moved_port();
+    assert_python_session(server.public_v4()).await;
+    let tree = descendants(server.ws.pid);
+    assert!(tree.contains(&program), "pid {program} not in {tree:?}");
+    assert!(tree.len() >= 3, "server and two sleeps: {tree:?}");
+
+    server.ws.signal(libc::SIGTERM);
+    let status = server.exit();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "websockify after SIGTERM: {status:?}"
+    );
+    let left: Vec<i32> = tree.iter().copied().filter(|&pid| alive(pid)).collect();
+    assert!(left.is_empty(), "left running: {left:?} of {tree:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_kills_a_program_that_ignores_sigterm_after_the_grace_period() {
+    let Some(py) = PyServer::new() else { return };
+    let mut server = Wrapped::start(
+        |p| format!("127.0.0.1:{p}"),
+        &[],
+        |p| py.argv(p, "4", &["--ignore-term"]),
+    );
+    let program = server.started_pid();
+    // It ignores SIGTERM from here on: the option applies before the bind.
+    server.moved_port();
+
+    server.ws.signal(libc::SIGINT);
+    server.line("ignored SIGTERM: killing it");
+    let status = server.exit();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "websockify after SIGINT: {status:?}"
+    );
+    assert!(!alive(program), "program {program} outlived websockify");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 6. A program that never listens: websockify gives it 30 s (LISTEN_DEADLINE in wrap.rs) before
+// failing, too long for this suite, so that path is not tested here.
+
+// ---------------------------------------------------------------------------------------------
+// 7. A connection that arrives while the program starts waits for it
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_arriving_before_the_program_listens_waits_for_it() {
+    let Some(py) = PyServer::new() else { return };
+    let server = Wrapped::start(
+        |p| format!("127.0.0.1:{p}"),
+        &[],
+        |p| py.argv(p, "4", &["--delay=1"]),
+    );
+    // Straight after the banner: the program sleeps a second before it binds.
+    let mut stream = ws_open(server.public_v4()).await;
+    read_until(&mut stream, GREETING).await;
+    ws_send(&mut stream, b"late but there").await;
+    read_until(&mut stream, b"late but there").await;
+    ws_close(stream).await;
+    // The session really did arrive early.
+    server.line("wrapped program not listening yet: waiting for it");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers' own checks
+
+#[test]
+fn parses_proc_net_addresses() {
+    assert_eq!(
+        parse_proc_addr("0100007F:1F90"),
+        Some(SocketAddr::from(([127, 0, 0, 1], 8080)))
+    );
+    assert_eq!(
+        parse_proc_addr("00000000000000000000000001000000:170D"),
+        Some(SocketAddr::from((Ipv6Addr::LOCALHOST, 5901)))
+    );
+    assert_eq!(
+        parse_proc_addr("0000000000000000FFFF00000100007F:0050"),
+        Some("[::ffff:127.0.0.1]:80".parse().unwrap())
+    );
+    assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
+}
+
+#[test]
+fn telnet_client_refuses_options_and_keeps_text() {
+    let mut telnet = Telnet::default();
+    let reply = telnet.feed(&[IAC, DO, 24, IAC, WILL, 1, b'h', IAC]);
+    assert_eq!(reply, [IAC, WONT, 24, IAC, DONT, 1]);
+    let reply = telnet.feed(&[SB, 24, 1, IAC, SE, b'i', IAC, IAC]);
+    assert!(reply.is_empty());
+    assert_eq!(telnet.text, [b'h', b'i', IAC]);
+}
