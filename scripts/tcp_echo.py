@@ -19,13 +19,16 @@ import threading
 import time
 
 READ_SIZE = 256 * 1024
+SOCKET_BUFFER = 1024 * 1024
 
 
-def echo(conn: socket.socket) -> None:
+def echo(conn: socket.socket, log_reads: bool) -> None:
     with conn:
         try:
             while True:
                 data = conn.recv(READ_SIZE)
+                if log_reads:
+                    print(f"fd {conn.fileno()}: read {len(data)}", file=sys.stderr, flush=True)
                 if not data:
                     break
                 conn.sendall(data)
@@ -43,10 +46,18 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--lifetime", type=float, default=600.0,
                         help="seconds after which the server exits on its own")
+    parser.add_argument("--log-reads", action="store_true",
+                        help="log the size of every read on stderr")
     args = parser.parse_args()
 
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Large socket buffers, set before listen() so accepted sockets inherit them (the window
+    # scale is agreed in the handshake): a fresh connection's receive window otherwise lets
+    # only about 32 KiB of a 64 KiB write through before the first read, and the echo would
+    # come back in two pieces.
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
     server.bind((args.host, args.port))
     server.listen(128)
     server.settimeout(0.5)
@@ -62,7 +73,7 @@ def main() -> int:
             break
         conn.settimeout(None)
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        threading.Thread(target=echo, args=(conn,), daemon=True).start()
+        threading.Thread(target=echo, args=(conn, args.log_reads), daemon=True).start()
     server.close()
     return 0
 

@@ -86,6 +86,8 @@ pub struct Options {
     pub syslog: Option<String>,
     /// `--legacy-syslog`: RFC 3164 instead of RFC 5424.
     pub legacy_syslog: bool,
+    /// `--pid-file FILE` (beyond upstream).
+    pub pid_file: Option<PathBuf>,
 }
 
 /// A usage error: printed as upstream's usage block, then `websockify: error: <message>`, exit 2.
@@ -294,6 +296,9 @@ struct LifeArgs {
     /// Run in the background as a daemon
     #[arg(short = 'D', long)]
     daemon: bool,
+    /// Write the process id to FILE (removed at exit); handy with --daemon
+    #[arg(long, value_name = "FILE")]
+    pid_file: Option<String>,
     /// Exit after the first WebSocket session ends
     #[arg(long)]
     run_once: bool,
@@ -773,6 +778,7 @@ fn build(cli: Cli, wrap: bool) -> Result<Options, UsageError> {
         log_file: given(log.log_file).map(PathBuf::from),
         syslog,
         legacy_syslog: log.legacy_syslog,
+        pid_file: given(life.pid_file).map(PathBuf::from),
     })
 }
 

@@ -33,6 +33,41 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How long SIGINT/SIGTERM waits for open sessions to close before exiting anyway.
     pub drain_timeout: Duration,
+    /// Record each session to `<record>.<n>` (`--record`).
+    pub record: Option<PathBuf>,
+    /// Print per-frame traffic tokens to stdout (`--traffic`).
+    pub traffic: bool,
+    /// Serve static files (`--web`, `--file-only`).
+    pub web: Option<WebSettings>,
+    /// Run the auth check for static files too (`--web-auth`).
+    pub web_auth: bool,
+    /// Authentication (`--auth-plugin`, `--auth-source`, `--allowed-origin`).
+    pub auth: AuthSettings,
+    /// Token-based targets (`--token-plugin`, `--token-source`, `--host-token`).
+    pub token: Option<TokenSettings>,
+}
+
+/// `--web DIR` and `--file-only`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSettings {
+    pub dir: PathBuf,
+    pub file_only: bool,
+}
+
+/// The auth plugin and the origin allow-list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthSettings {
+    pub plugin: Option<String>,
+    pub source: Option<String>,
+    pub allowed_origins: Vec<String>,
+}
+
+/// The token plugin: its class name, its argument, and where the token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenSettings {
+    pub plugin: String,
+    pub source: Option<String>,
+    pub host_token: bool,
 }
 
 /// The listening socket's address, as given on the command line.
@@ -132,6 +167,12 @@ impl Config {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            record: None,
+            traffic: false,
+            web: None,
+            web_auth: false,
+            auth: AuthSettings::default(),
+            token: None,
         }
     }
 }

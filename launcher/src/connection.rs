@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::frame::close_code;
+use crate::record;
 use crate::relay::{self, RelayOptions};
 use crate::request;
 use crate::server::Shared;
@@ -68,7 +69,7 @@ pub async fn handle(client: ClientStream, shared: Arc<Shared>) {
     let scheme = if stream.is_tls() { "wss" } else { "ws" };
 
     let head_time = deadline.saturating_duration_since(Instant::now());
-    let upgraded = match request::serve(stream, head_time).await {
+    let upgraded = match request::serve(stream, head_time, &shared).await {
         Ok(Some(upgraded)) => upgraded,
         Ok(None) => {
             tracing::debug!("connection closed without a WebSocket upgrade");
@@ -82,7 +83,7 @@ pub async fn handle(client: ClientStream, shared: Arc<Shared>) {
     if config.run_once {
         shared.stop_accepting.cancel();
     }
-    let target_desc = &config.target;
+    let target_desc = &upgraded.target;
     let tls_note = if config.ssl_target {
         " (using TLS)"
     } else {
@@ -93,15 +94,36 @@ pub async fn handle(client: ClientStream, shared: Arc<Shared>) {
         protocol = upgraded.protocol.unwrap_or("none"),
         "{scheme}:// WebSocket connection, connecting to {target_desc}{tls_note}"
     );
+    // Opened before connecting, as upstream: a failed connect still leaves a (short) file.
+    let recording = shared
+        .recorder
+        .as_ref()
+        .and_then(|recorder| match recorder.start() {
+            Ok(recording) => Some(recording),
+            Err(err) => {
+                tracing::warn!("not recording this session: {err}");
+                None
+            }
+        });
+    if config.traffic {
+        record::traffic_legend();
+    }
 
     let mut client = upgraded.stream;
-    let mut target = match target::connect(
-        &config.target,
+    let connect = target::connect(
+        target_desc,
         shared.target_tls.as_ref(),
         config.connect_timeout,
-    )
-    .await
-    {
+    );
+    let connected = tokio::select! {
+        connected = connect => connected,
+        () = shared.shutdown.cancelled() => {
+            tracing::info!("shutting down while connecting to {target_desc}");
+            relay::send_close(&mut client, close_code::GOING_AWAY, "Server shutting down").await;
+            return;
+        }
+    };
+    let mut target = match connected {
         Ok(target) => target,
         Err(err) => {
             tracing::warn!("Failed to connect to {target_desc}: {err}");
@@ -120,12 +142,14 @@ pub async fn handle(client: ClientStream, shared: Arc<Shared>) {
         heartbeat: config.heartbeat,
         linger: std::time::Duration::from_secs(2),
         shutdown: shared.shutdown.clone(),
+        traffic: config.traffic,
     };
     let outcome = relay::run(
         &mut client,
         &mut target,
         upgraded.mode,
         upgraded.leftover,
+        recording,
         &options,
     )
     .await;

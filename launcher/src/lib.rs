@@ -24,13 +24,17 @@
 
 #![deny(unsafe_code)]
 
+pub mod auth;
 pub mod buffer;
 pub mod cli;
 pub mod config;
 pub mod connection;
+pub mod daemon;
 pub mod frame;
 pub mod handshake;
 pub mod listen;
+pub mod logging;
+pub mod record;
 pub mod relay;
 pub mod request;
 pub mod server;
@@ -38,6 +42,8 @@ pub mod sniff;
 pub mod stream;
 pub mod target;
 pub mod tls;
+pub mod token;
+pub mod web;
 pub mod wrap;
 
 pub use config::{Config, Target};

@@ -1,28 +1,30 @@
-//! The `websockify` command: parse the command line, set up logging, bind, serve.
+//! The `websockify` command: parse the command line, detach (`-D`), set up logging, bind,
+//! serve, and in wrap mode supervise the program.
 
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
-use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 use websockify::cli::{self, Options, Parsed};
-use websockify::config::{Listen, Target};
+use websockify::config::{AuthSettings, Listen, Target, TokenSettings, WebSettings};
+use websockify::daemon::{self, Daemon, PidFile};
 use websockify::listen::{self, Listener};
+use websockify::logging::{self, LogSettings};
 use websockify::wrap::{WrapEnd, Wrapper};
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
     let prog = args
         .first()
-        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|a| Path::new(a).file_name())
         .map_or_else(
             || "websockify".to_owned(),
             |n| n.to_string_lossy().into_owned(),
         );
-    let options = match cli::parse(args) {
+    let mut options = match cli::parse(args) {
         Ok(Parsed::Run(options)) => options,
         Ok(Parsed::Print(text)) => {
             print!("{text}");
@@ -33,13 +35,41 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Some(option) = not_implemented(&options) {
-        eprintln!(
-            "websockify: {option} is not supported by this build yet; remove it, or use Python websockify for now"
-        );
+    let mut log = LogSettings {
+        verbose: options.verbose,
+        log_file: options.log_file.clone(),
+        syslog: options.syslog.clone(),
+        legacy_syslog: options.legacy_syslog,
+        daemon: options.daemon,
+    };
+    // Upstream makes paths absolute at start, since the daemon changes directory.
+    if let Err(err) = log
+        .resolve_paths()
+        .map_err(anyhow::Error::from)
+        .and_then(|()| absolutize(&mut options))
+    {
+        eprintln!("websockify: {err:#}");
         return ExitCode::FAILURE;
     }
-    init_logging(options.verbose);
+    // Detach before logging, the runtime, or any thread exists.
+    let daemon = if options.daemon {
+        let dir = options.web.clone().unwrap_or_else(|| PathBuf::from("/"));
+        match daemon::daemonize(&dir, options.inetd) {
+            Ok(daemon) => Some(daemon),
+            Err(err) => {
+                eprintln!("websockify: {err:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let started = logging::init(&log, daemon.is_none())
+        .and_then(|()| options.pid_file.as_deref().map(PidFile::create).transpose());
+    let _pid_file = match started {
+        Ok(pid_file) => pid_file,
+        Err(err) => return fail(daemon, &err),
+    };
     raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -47,67 +77,68 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("websockify: cannot start the async runtime: {err}");
-            return ExitCode::FAILURE;
+            return fail(
+                daemon,
+                &anyhow::Error::from(err).context("cannot start the async runtime"),
+            );
         }
     };
-    match runtime.block_on(serve(*options)) {
+    let mut daemon = daemon;
+    match runtime.block_on(serve(*options, &mut daemon)) {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        Err(err) => {
-            eprintln!("websockify: {err:#}");
-            ExitCode::FAILURE
-        }
+        Err(err) => fail(daemon, &err),
     }
 }
 
-/// Options accepted for compatibility whose behaviour is not built yet: refusing them beats
-/// silently running without them.
-fn not_implemented(options: &Options) -> Option<&'static str> {
-    let checks: [(bool, &'static str); 8] = [
-        (options.web.is_some(), "--web"),
-        (options.record.is_some(), "--record"),
-        (options.traffic, "--traffic"),
-        (options.daemon, "--daemon"),
-        (
-            options.token_plugin.is_some(),
-            "--token-plugin/--target-config",
-        ),
-        (options.auth_plugin.is_some(), "--auth-plugin"),
-        (options.log_file.is_some(), "--log-file"),
-        (options.syslog.is_some(), "--syslog"),
-    ];
-    checks
-        .into_iter()
-        .find(|(set, _)| *set)
-        .map(|(_, name)| name)
+/// Reports a start-up or runtime failure (to the waiting launcher under `-D`), exit 1.
+fn fail(daemon: Option<Daemon>, err: &anyhow::Error) -> ExitCode {
+    match daemon {
+        Some(daemon) => daemon.failed(&format!("{err:#}")),
+        None => eprintln!("websockify: {err:#}"),
+    }
+    ExitCode::FAILURE
 }
 
-fn init_logging(verbose: bool) {
-    let default = if verbose { "debug" } else { "info" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
-}
-
-/// Raises the soft open-file limit to the hard limit: each session needs two descriptors.
-fn raise_fd_limit() {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
-        && soft < hard
-        && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err()
+/// Makes the paths the server opens later absolute (the daemon runs in `/` or the web root).
+fn absolutize(options: &mut Options) -> anyhow::Result<()> {
+    fn abs(path: &mut PathBuf) -> anyhow::Result<()> {
+        *path = std::path::absolute(&*path)
+            .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", path.display()))?;
+        Ok(())
+    }
+    let tls = &mut options.config.tls;
+    abs(&mut tls.cert)?;
+    for path in [
+        &mut tls.key,
+        &mut tls.cafile,
+        &mut options.record,
+        &mut options.web,
+        &mut options.unix_listen,
+        &mut options.pid_file,
+    ]
+    .into_iter()
+    .flatten()
     {
-        eprintln!("websockify: warning: cannot raise the open-file limit from {soft} to {hard}");
+        abs(path)?;
     }
+    if let websockify::Target::Unix(path) = &mut options.config.target {
+        abs(path)?;
+    }
+    // File-based token sources; URLs and Redis specs are left alone.
+    if let Some(source) = &mut options.token_source
+        && Path::new(source.as_str()).exists()
+    {
+        let mut path = PathBuf::from(&*source);
+        abs(&mut path)?;
+        *source = path.to_string_lossy().into_owned();
+    }
+    Ok(())
 }
 
-/// Binds, serves, and in wrap mode supervises the program; returns the exit status.
-async fn serve(options: Options) -> anyhow::Result<i32> {
-    let mut config = options.config;
+/// Moves the command-line options that the server itself uses into its config.
+fn server_config(options: &Options) -> websockify::Config {
+    let mut config = options.config.clone();
     if options.inetd {
         config.listen = Listen::Inetd;
     } else if let Some(path) = &options.unix_listen {
@@ -116,6 +147,29 @@ async fn serve(options: Options) -> anyhow::Result<i32> {
             mode: options.unix_listen_mode,
         };
     }
+    config.record = options.record.clone();
+    config.traffic = options.traffic;
+    config.web = options.web.clone().map(|dir| WebSettings {
+        dir,
+        file_only: options.file_only,
+    });
+    config.web_auth = options.web_auth;
+    config.auth = AuthSettings {
+        plugin: options.auth_plugin.clone(),
+        source: options.auth_source.clone(),
+        allowed_origins: options.allowed_origins.clone(),
+    };
+    config.token = options.token_plugin.clone().map(|plugin| TokenSettings {
+        plugin,
+        source: options.token_source.clone(),
+        host_token: options.host_token,
+    });
+    config
+}
+
+/// Binds, serves, and in wrap mode supervises the program; returns the exit status.
+async fn serve(options: Options, daemon: &mut Option<Daemon>) -> anyhow::Result<i32> {
+    let mut config = server_config(&options);
     if options.libserver {
         tracing::warn!("--libserver has no effect: websockify always uses its own server engine");
     }
@@ -134,11 +188,19 @@ async fn serve(options: Options) -> anyhow::Result<i32> {
 
     if options.wrap_command.is_empty() {
         banner(&config, &local, None);
-        listen::sd_notify("READY=1");
+        ready(daemon);
         websockify::run(config, listener, shutdown).await?;
         listen::sd_notify("STOPPING=1");
         return Ok(0);
     }
+    if matches!(config.listen, Listen::Tcp { port: 0, .. }) {
+        anyhow::bail!("wrapping a program needs the port it listens on, not 0");
+    }
+    // A wrapped program may take a while to start: sessions wait for it as long as the
+    // start-up check does.
+    config.connect_timeout = config
+        .connect_timeout
+        .max(websockify::wrap::LISTEN_DEADLINE);
     let Listener::Tcp(tcp) = &listener else {
         anyhow::bail!("wrapping a program needs a TCP listen port (not --unix-listen or --inetd)");
     };
@@ -148,7 +210,7 @@ async fn serve(options: Options) -> anyhow::Result<i32> {
         port: wrapper.loopback_port(),
     };
     banner(&config, &local, Some(&wrapper.describe()));
-    listen::sd_notify("READY=1");
+    ready(daemon);
 
     let mut server = std::pin::pin!(websockify::run(config, listener, shutdown.clone()));
     enum First {
@@ -180,6 +242,14 @@ async fn serve(options: Options) -> anyhow::Result<i32> {
     server_result.map(|()| code)
 }
 
+/// Start-up is complete: tell systemd and, under `-D`, the waiting launcher.
+fn ready(daemon: &mut Option<Daemon>) {
+    listen::sd_notify("READY=1");
+    if let Some(daemon) = daemon.take() {
+        daemon.ready();
+    }
+}
+
 /// Upstream's settings banner, plus the address actually bound (port 0 picks one).
 fn banner(config: &websockify::Config, local: &str, wrapped: Option<&str>) {
     tracing::info!("WebSocket server settings:");
@@ -199,6 +269,17 @@ fn banner(config: &websockify::Config, local: &str, wrapped: Option<&str>) {
     if config.tls.ssl_only {
         tracing::info!("  - Deny non-SSL/TLS connections");
     }
+    if let Some(web) = &config.web {
+        let listing = if web.file_only {
+            " (no directory listings)"
+        } else {
+            ""
+        };
+        tracing::info!("  - Web server{listing}. Web root: {}", web.dir.display());
+    }
+    if let Some(record) = &config.record {
+        tracing::info!("  - Recording to '{}.*'", record.display());
+    }
     let ssl = if config.ssl_target {
         " (using SSL)"
     } else {
@@ -206,13 +287,27 @@ fn banner(config: &websockify::Config, local: &str, wrapped: Option<&str>) {
     };
     let target = match (&config.target, wrapped) {
         (_, Some(command)) => command.to_owned(),
+        (_, None) if config.token.is_some() => {
+            let plugin = config.token.as_ref().map_or("", |t| t.plugin.as_str());
+            format!("targets generated by {plugin}")
+        }
         (Target::Unix(path), None) => path.display().to_string(),
         (target, None) => target.to_string(),
     };
     tracing::info!("  - proxying from {local} to {target}{ssl}");
 }
 
-/// First SIGINT/SIGTERM: graceful shutdown. Second: exit at once.
+/// Raises the soft open-file limit to the hard limit: each session needs two descriptors.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err()
+    {
+        eprintln!("websockify: warning: cannot raise the open-file limit from {soft} to {hard}");
+    }
+}
+
 fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt())?;
@@ -228,6 +323,8 @@ fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
                 shutdown.cancel();
             } else {
                 tracing::warn!("{name} received again: exiting now");
+                // A wrapped program runs in its own process group: take it down with us.
+                websockify::wrap::kill_descendants();
                 std::process::exit(1);
             }
         }

@@ -26,6 +26,7 @@ use crate::buffer::{BUF_SIZE, Buf, HEADROOM};
 use crate::frame::{
     self, ControlFrame, DataKind, Decoder, Event, MAX_SERVER_HEADER, ProtocolError, close_code,
 };
+use crate::record::{self, Recording, Token};
 
 /// How payloads travel in WebSocket frames (chosen by the subprotocol).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,8 @@ pub struct RelayOptions {
     pub linger: Duration,
     /// Cancelled on SIGINT/SIGTERM: the relay sends close 1001 and winds down.
     pub shutdown: CancellationToken,
+    /// Print upstream's per-frame traffic tokens to stdout (`--traffic`).
+    pub traffic: bool,
 }
 
 /// Why a session ended.
@@ -126,6 +129,7 @@ pub async fn run<C, T>(
     target: &mut T,
     mode: Mode,
     initial: Bytes,
+    recording: Option<Recording>,
     options: &RelayOptions,
 ) -> Outcome
 where
@@ -133,6 +137,8 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let mut relay = Relay::new(client, target, mode, initial);
+    relay.recording = recording;
+    relay.traffic = options.traffic;
     let heartbeat = options.heartbeat.filter(|d| !d.is_zero());
     let mut next_ping = heartbeat.map(|period| Instant::now() + period);
     let mut linger_until: Option<Instant> = None;
@@ -211,6 +217,10 @@ struct Relay<'a, C, T> {
     missed_pongs: u32,
     bytes_to_target: u64,
     bytes_to_client: u64,
+    /// `--record`: this session's recording.
+    recording: Option<Recording>,
+    /// `--traffic`: print frame tokens.
+    traffic: bool,
 }
 
 /// Loop iterations with progress before yielding to other tasks.
@@ -258,6 +268,8 @@ where
             missed_pongs: 0,
             bytes_to_target: 0,
             bytes_to_client: 0,
+            recording: None,
+            traffic: false,
         }
     }
 
@@ -358,6 +370,13 @@ where
                 Poll::Ready(Ok(n)) => {
                     self.down.start += n;
                     self.down.started = self.down.start < self.down.end;
+                    if self.traffic {
+                        record::traffic(if self.down.started {
+                            Token::ClientSendPartial
+                        } else {
+                            Token::ClientSend
+                        });
+                    }
                     Ok(n)
                 }
                 Poll::Ready(Err(err)) => Err(err),
@@ -427,6 +446,14 @@ where
                     self.up.start += n;
                     self.bytes_to_target += n as u64;
                     self.target_flush = true;
+                    if self.traffic {
+                        let done = self.up.start == self.up.end;
+                        record::traffic(if done {
+                            Token::TargetSend
+                        } else {
+                            Token::TargetSendPartial
+                        });
+                    }
                 }
                 Poll::Ready(Err(err)) => self.target_failed(err),
                 Poll::Pending => return false,
@@ -490,6 +517,7 @@ where
             }
             Ok(n) => {
                 self.bytes_to_client += n as u64;
+                self.note_target_data(n);
                 self.frame_down(n);
             }
             Err(err) => {
@@ -501,6 +529,22 @@ where
             }
         }
         true
+    }
+
+    /// Records and counts `n` bytes just read from the target (before any encoding).
+    fn note_target_data(&mut self, n: usize) {
+        if self.traffic {
+            record::traffic(Token::TargetReceive);
+        }
+        if let Some(recording) = &mut self.recording {
+            let raw = match self.mode {
+                Mode::Binary => &self.down.buf,
+                Mode::Base64 => &self.down.raw,
+            };
+            if let Some(raw) = raw.as_deref() {
+                recording.from_target(&raw[HEADROOM..HEADROOM + n]);
+            }
+        }
     }
 
     /// Puts a frame header in front of `n` bytes just read (base64-encoding them first in
@@ -590,6 +634,14 @@ where
                     if discard {
                         continue;
                     }
+                    if self.traffic && message_end {
+                        record::traffic(Token::ClientReceive);
+                    }
+                    if matches!(kind, DataKind::Binary)
+                        && let Some(recording) = &mut self.recording
+                    {
+                        recording.client_part(&buf[start..end], message_end);
+                    }
                     match (self.mode, kind) {
                         (Mode::Binary, DataKind::Text) => {
                             self.protocol_error(ProtocolError {
@@ -601,7 +653,15 @@ where
                         (Mode::Base64, DataKind::Text) => {
                             let (out_start, out_end) = *out.get_or_insert((0, 0));
                             match self.decode_base64(&buf[start..end], out_end, message_end) {
-                                Ok(new_end) => out = Some((out_start, new_end)),
+                                Ok(new_end) => {
+                                    if let (Some(recording), Some(decoded)) =
+                                        (&mut self.recording, self.up.decoded.as_deref())
+                                    {
+                                        recording
+                                            .client_part(&decoded[out_end..new_end], message_end);
+                                    }
+                                    out = Some((out_start, new_end));
+                                }
                                 Err(err) => {
                                     self.protocol_error(err);
                                     break;

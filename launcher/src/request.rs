@@ -18,9 +18,14 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
+use crate::auth::AuthReject;
+use crate::config::Target;
 use crate::handshake::{self, HandshakeError};
 use crate::relay::Mode;
+use crate::server::Shared;
 use crate::stream::ClientStream;
+use crate::token::{self, Tokens};
+use crate::web::{WebBody, full_body, into_web};
 
 /// Most bytes of a request head (request line plus headers).
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -36,10 +41,12 @@ pub struct Upgraded {
     /// Bytes the client sent after the request head (already WebSocket frames).
     pub leftover: Bytes,
     pub mode: Mode,
-    /// Request path and query, for the log.
+    /// Request path (without the query, which may hold a token), for the log.
     pub path: String,
     /// The subprotocol we answered with, for the log.
     pub protocol: Option<&'static str>,
+    /// Where this session goes (from the token, or the configured target).
+    pub target: Target,
 }
 
 /// Why a connection ended without an upgrade.
@@ -59,6 +66,15 @@ struct PendingUpgrade {
     mode: Mode,
     path: String,
     protocol: Option<&'static str>,
+    target: Target,
+}
+
+/// What one connection's requests are answered with.
+struct Context {
+    shared: Arc<Shared>,
+    /// The verified TLS client certificate (DER), for `ClientCertCNAuth`.
+    client_cert: Option<Vec<u8>>,
+    slot: Mutex<Option<PendingUpgrade>>,
 }
 
 /// Serves requests on `stream` until a WebSocket upgrade (`Ok(Some)`), or until the client
@@ -66,12 +82,17 @@ struct PendingUpgrade {
 pub async fn serve(
     stream: ClientStream,
     head_timeout: Duration,
+    shared: &Arc<Shared>,
 ) -> Result<Option<Upgraded>, RequestError> {
-    let slot: Arc<Mutex<Option<PendingUpgrade>>> = Arc::new(Mutex::new(None));
-    let service_slot = Arc::clone(&slot);
+    let context = Arc::new(Context {
+        shared: Arc::clone(shared),
+        client_cert: stream.peer_certificate(),
+        slot: Mutex::new(None),
+    });
+    let service_context = Arc::clone(&context);
     let service = service_fn(move |request| {
-        let slot = Arc::clone(&service_slot);
-        async move { Ok::<_, Infallible>(respond(request, &slot)) }
+        let context = Arc::clone(&service_context);
+        async move { Ok::<_, Infallible>(respond(request, &context).await) }
     });
     let result = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -81,7 +102,7 @@ pub async fn serve(
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades()
         .await;
-    let pending = slot.lock().ok().and_then(|mut slot| slot.take());
+    let pending = context.slot.lock().ok().and_then(|mut slot| slot.take());
     if let Err(err) = result {
         if err.is_timeout() {
             return Err(RequestError::HeadTimeout(head_timeout));
@@ -106,31 +127,43 @@ pub async fn serve(
         mode: pending.mode,
         path: pending.path,
         protocol: pending.protocol,
+        target: pending.target,
     }))
 }
 
-/// Answers one request: 101 for a valid upgrade (remembered in `slot`), 400 for a bad one,
-/// 405 for anything else (no web server configured).
-fn respond(
-    mut request: Request<Incoming>,
-    slot: &Mutex<Option<PendingUpgrade>>,
-) -> Response<Full<Bytes>> {
+/// Answers one request: a file (`--web`), 405 without a web root, 400 for a bad upgrade,
+/// 401/403 from authentication, 4xx/5xx from the token lookup, or 101 for a good upgrade
+/// (remembered in the context's slot for [`serve`]).
+async fn respond(mut request: Request<Incoming>, context: &Context) -> Response<WebBody> {
+    let shared = &context.shared;
+    let client_cert = context.client_cert.as_deref();
     if !handshake::is_upgrade(request.method(), request.headers()) {
-        tracing::info!(method = %request.method(), path = %request.uri(), "refused plain HTTP request: no --web directory");
-        let mut response = error_response(
-            StatusCode::METHOD_NOT_ALLOWED,
-            None,
-            "This port serves WebSocket connections only (start websockify with --web DIR to serve files).",
-        );
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET"));
-        return response;
+        let Some(web) = &shared.web else {
+            tracing::info!(method = %request.method(), path = request.uri().path(), "refused plain HTTP request: no --web directory");
+            let mut response = error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                None,
+                "This port serves WebSocket connections only (start websockify with --web DIR to serve files).",
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET"));
+            return into_web(response);
+        };
+        if shared.config.web_auth
+            && let Err(reject) = shared.auth.check(request.headers(), client_cert)
+        {
+            return reject_response(&reject, request.uri().path());
+        }
+        return web.serve(&request).await;
     }
     let accept = match handshake::accept(request.headers()) {
         Ok(accept) => accept,
         Err(err) => {
-            tracing::info!(path = %request.uri(), "refused WebSocket handshake: {err}");
+            tracing::info!(
+                path = request.uri().path(),
+                "refused WebSocket handshake: {err}"
+            );
             let mut response = error_response(
                 StatusCode::BAD_REQUEST,
                 Some(&err.to_string()),
@@ -142,23 +175,32 @@ fn respond(
                     HeaderValue::from_static("13"),
                 );
             }
-            return response;
+            return into_web(response);
         }
     };
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+    // Authentication first: unauthenticated clients must not probe tokens or load a backend.
+    if let Err(reject) = shared.auth.check(request.headers(), client_cert) {
+        return reject_response(&reject, request.uri().path());
+    }
+    let target = match &shared.tokens {
+        None => shared.config.target.clone(),
+        Some(tokens) => match choose_target(tokens, &request, shared).await {
+            Ok(target) => target,
+            Err(response) => return response,
+        },
+    };
+    let path = request.uri().path().to_owned();
     let on_upgrade = hyper::upgrade::on(&mut request);
-    if let Ok(mut slot) = slot.lock() {
+    if let Ok(mut slot) = context.slot.lock() {
         *slot = Some(PendingUpgrade {
             on_upgrade,
             mode: accept.mode,
             path,
             protocol: accept.protocol,
+            target,
         });
     }
-    let mut response = Response::new(Full::new(Bytes::new()));
+    let mut response = Response::new(full_body(Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(header::SERVER, HeaderValue::from_static(SERVER));
@@ -174,6 +216,71 @@ fn respond(
         );
     }
     response
+}
+
+/// Looks the request's token up. Upstream closes silently on token errors (the browser sees
+/// only 1006); we answer with a status and a short reason, and log a tag of the token, never
+/// the token itself.
+async fn choose_target(
+    tokens: &Tokens,
+    request: &Request<Incoming>,
+    shared: &Shared,
+) -> Result<Target, Response<WebBody>> {
+    let host_token = shared.config.token.as_ref().is_some_and(|t| t.host_token);
+    let Some(token) = token::token_from_request(request.uri(), request.headers(), host_token)
+    else {
+        tracing::info!("refused WebSocket connection: Token not present");
+        let where_ = if host_token {
+            "Host header"
+        } else {
+            "?token= query parameter"
+        };
+        return Err(into_web(error_response(
+            StatusCode::BAD_REQUEST,
+            Some("Token not present"),
+            &format!(
+                "This server picks the target by a token in the {where_}, and the request has none."
+            ),
+        )));
+    };
+    let tag = token::token_tag(&token);
+    match tokens.lookup(&token).await {
+        Ok(Some(target)) => {
+            tracing::info!(token = %tag, "token resolved to {target}");
+            Ok(target)
+        }
+        Ok(None) => {
+            tracing::info!(token = %tag, "refused WebSocket connection: Token not found");
+            Err(into_web(error_response(
+                StatusCode::NOT_FOUND,
+                Some("Token not found"),
+                "The token in this request is unknown or no longer valid.",
+            )))
+        }
+        Err(err) => {
+            tracing::warn!(token = %tag, "token lookup failed: {err}");
+            Err(into_web(error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some("Token lookup failed"),
+                "The token backend could not be asked; try again later.",
+            )))
+        }
+    }
+}
+
+/// The response for a failed authentication check, with the plugin's headers.
+fn reject_response(reject: &AuthReject, path: &str) -> Response<WebBody> {
+    tracing::info!(
+        path,
+        status = reject.status.as_u16(),
+        "authentication refused: {}",
+        reject.log
+    );
+    let mut response = error_response(reject.status, Some(reject.reason), reject.reason);
+    for (name, value) in &reject.headers {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    into_web(response)
 }
 
 /// A small HTML error page that closes the connection; `reason` replaces the standard

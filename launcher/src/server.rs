@@ -11,15 +11,27 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
+use crate::auth::Auth;
 use crate::config::Config;
 use crate::listen::Listener;
+use crate::record::Recorder;
 use crate::tls::{self, TlsServer};
+use crate::token::Tokens;
+use crate::web::WebRoot;
 
 /// Read-only state every connection sees. The TLS config cache inside [`TlsServer`] is the
 /// only thing in here that changes, and only when the certificate file does.
 pub struct Shared {
     pub config: Config,
     pub tls: TlsServer,
+    /// `--web`: the static file root.
+    pub web: Option<WebRoot>,
+    /// Authentication (always present; empty when nothing is configured).
+    pub auth: Auth,
+    /// `--token-plugin`: the token backend.
+    pub tokens: Option<Tokens>,
+    /// `--record`: hands out one recording per session.
+    pub recorder: Option<Recorder>,
     pub target_tls: Option<TlsConnector>,
     /// Cancelled on SIGINT/SIGTERM: sessions send close 1001.
     pub shutdown: CancellationToken,
@@ -45,9 +57,29 @@ pub async fn run(
     } else {
         None
     };
+    let web = config
+        .web
+        .as_ref()
+        .map(|web| WebRoot::new(&web.dir, web.file_only))
+        .transpose()?;
+    let auth = Auth::new(
+        config.auth.plugin.as_deref(),
+        config.auth.source.as_deref(),
+        &config.auth.allowed_origins,
+    )?;
+    let tokens = config
+        .token
+        .as_ref()
+        .map(|t| Tokens::new(&t.plugin, t.source.as_deref()))
+        .transpose()?;
+    let recorder = config.record.as_deref().map(Recorder::new).transpose()?;
     let shared = Arc::new(Shared {
         config,
         tls,
+        web,
+        auth,
+        tokens,
+        recorder,
         target_tls,
         shutdown: shutdown.clone(),
         stop_accepting: CancellationToken::new(),

@@ -32,7 +32,7 @@ static EMBEDDED_REBIND: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rebind
 pub const REBIND_ENV: &str = "WEBSOCKIFY_REBIND";
 
 /// How long a started program has to listen on its loopback port.
-const LISTEN_DEADLINE: Duration = Duration::from_secs(30);
+pub const LISTEN_DEADLINE: Duration = Duration::from_secs(30);
 /// Upstream's respawn throttle: at most 3 starts within 10 seconds.
 const RESPAWN_WINDOW: Duration = Duration::from_secs(10);
 const RESPAWN_BURST: usize = 3;
@@ -232,6 +232,7 @@ impl Wrapper {
             .env("LD_PRELOAD", preload)
             .env("REBIND_OLD_PORT", self.public_port.to_string())
             .env("REBIND_NEW_PORT", self.loopback_port.to_string())
+            .env_remove(crate::daemon::STAGE_ENV)
             .process_group(0)
             .spawn()
             .with_context(|| format!("cannot start {:?}", self.command[0]))?;
@@ -386,6 +387,13 @@ impl Wrapper {
             tick.tick().await;
             self.reap();
         }
+    }
+}
+
+/// SIGKILLs every descendant at once (the exit path of a second SIGINT/SIGTERM).
+pub fn kill_descendants() {
+    for pid in descendants(std::process::id() as i32) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
     }
 }
 

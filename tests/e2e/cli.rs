@@ -274,31 +274,6 @@ fn version_prints_the_version_and_exits_0() {
     );
 }
 
-#[test]
-fn options_not_built_yet_exit_1_with_one_line_naming_them() {
-    let cases: [(&[&str], &str); 3] = [
-        (&["--web", "/tmp", "127.0.0.1:0", "127.0.0.1:1"], "--web"),
-        (
-            &["--record", "/tmp/x", "127.0.0.1:0", "127.0.0.1:1"],
-            "--record",
-        ),
-        (&["--inetd", "127.0.0.1:1"], "--inetd"),
-    ];
-    for (args, name) in cases {
-        let (code, _stdout, stderr) = run_websockify(args);
-        assert_eq!(code, Some(1), "{args:?}; stderr:\n{stderr}");
-        assert_eq!(
-            stderr.lines().count(),
-            1,
-            "{args:?}: not one line:\n{stderr}"
-        );
-        assert!(
-            stderr.starts_with("websockify: ") && stderr.contains(name),
-            "{args:?}: message does not name {name}:\n{stderr}"
-        );
-    }
-}
-
 #[tokio::test]
 async fn port_0_reports_the_bound_address_and_proxies() {
     let echo = echo_server().await;

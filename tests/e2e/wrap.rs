@@ -147,6 +147,8 @@ struct Wrapped {
 
 impl Drop for Wrapped {
     fn drop(&mut self) {
+        // Frozen first, so that respawn mode cannot start the program again meanwhile.
+        self.ws.signal(libc::SIGSTOP);
         for pid in descendants(self.ws.pid) {
             // SAFETY: kill(2) on a live descendant of the websockify this test started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -182,6 +184,16 @@ impl Wrapped {
     /// Waits for a stderr line containing `needle` (bounded), without stalling the runtime.
     fn line(&self, needle: &str) -> String {
         tokio::task::block_in_place(|| self.ws.wait_for_line(needle))
+    }
+
+    /// Waits for lines containing each of `needles`, in any order (bounded).
+    fn lines(&self, needles: &[&str]) {
+        let mut missing: Vec<&str> = needles.to_vec();
+        while !missing.is_empty() {
+            let line = tokio::task::block_in_place(|| next_line(&self.ws, &missing))
+                .unwrap_or_else(|| panic!("no stderr line containing {missing:?}"));
+            missing.retain(|needle| !line.contains(needle));
+        }
     }
 
     /// Waits for `wrapped program listens on loopback port N`; returns N.
@@ -345,6 +357,50 @@ fn descendants(root: i32) -> Vec<i32> {
     out
 }
 
+/// Processes of a test's program, killed on drop if still alive: a bug that orphans them must
+/// fail the test, not leave them running. A pid is killed only while it names the same process
+/// (same start time).
+struct KillOnDrop(Vec<(i32, u64)>);
+
+impl KillOnDrop {
+    fn new(pids: &[i32]) -> KillOnDrop {
+        KillOnDrop(
+            pids.iter()
+                .filter_map(|&pid| Some((pid, start_time(pid)?)))
+                .collect(),
+        )
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &(pid, started) in &self.0 {
+            if alive(pid) && start_time(pid) == Some(started) {
+                // SAFETY: kill(2) on a process this test started (checked by start time).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
+fn start_time(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = text.get(text.rfind(')')? + 2..)?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Children of `parent` that exited and were not reaped.
+fn zombie_children(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .filter(|&pid| stat(pid) == Some((parent, 'Z')))
+        .collect()
+}
+
 fn is_loopback(ip: IpAddr) -> bool {
     ip.to_canonical().is_loopback()
 }
@@ -475,7 +531,7 @@ async fn read_until(stream: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
                     String::from_utf8_lossy(needle),
                     String::from_utf8_lossy(&data)
                 ),
-                0x1 | 0x2 | 0x0 => data.extend_from_slice(&payload),
+                0x0..=0x2 => data.extend_from_slice(&payload),
                 _ => {}
             }
         }
@@ -542,6 +598,14 @@ async fn moves_a_server_to_loopback(family: &str) {
         SocketAddr::from(([127, 0, 0, 1], moved))
     };
     assert_eq!(addrs, vec![expected], "where the program listens");
+    let all = listening_sockets();
+    for &pid in &tree {
+        let exposed: Vec<Listening> = listening_of(pid, &all)
+            .into_iter()
+            .filter(|l| !is_loopback(l.addr.ip()))
+            .collect();
+        assert!(exposed.is_empty(), "process {pid} listens on {exposed:?}");
+    }
     assert_unreachable_from_outside(moved).await;
 
     // Data flows, over IPv4 and (dual-stack listener) IPv6.
@@ -683,7 +747,7 @@ async fn respawns_a_one_shot_telnet_server_for_each_client() {
         eprintln!("skipped: telnetd needs root to reach the login prompt");
         return;
     }
-    let server = Wrapped::start(
+    let mut server = Wrapped::start(
         |p| p.to_string(),
         &["--wrap-mode=respawn"],
         |p| {
@@ -704,7 +768,23 @@ async fn respawns_a_one_shot_telnet_server_for_each_client() {
     assert_ne!(first, second, "a new process");
     server.moved_port();
     telnet_login_prompt(server.public_v4()).await;
-    assert!(alive(server.ws.pid), "websockify keeps running");
+
+    // Stopping does not respawn: nothing of the program is left.
+    server.line("wrapped program exited");
+    let third = server.started_pid();
+    server.moved_port();
+    let tree = descendants(server.ws.pid);
+    assert!(tree.contains(&third), "pid {third} not in {tree:?}");
+    let _cleanup = KillOnDrop::new(&tree);
+    server.ws.signal(libc::SIGTERM);
+    let status = server.exit();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "websockify after SIGTERM: {status:?}"
+    );
+    let left: Vec<i32> = tree.iter().copied().filter(|&pid| alive(pid)).collect();
+    assert!(left.is_empty(), "left running: {left:?} of {tree:?}");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -745,6 +825,7 @@ async fn proxies_xtigervnc_in_ignore_mode_and_stops_it_on_sigterm() {
     );
     let xpid = server.started_pid();
     let moved = server.moved_port();
+    let _cleanup = KillOnDrop::new(&[xpid]);
 
     // The RFB banner arrives through the proxy.
     let mut stream = ws_open(server.public_v4()).await;
@@ -789,6 +870,131 @@ async fn proxies_xtigervnc_in_ignore_mode_and_stops_it_on_sigterm() {
     assert!(!alive(xpid), "Xtigervnc {xpid} outlived websockify");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ignore_mode_keeps_proxying_to_a_program_that_daemonizes() {
+    let Some(py) = PyServer::new() else { return };
+    // Like vncserver: start the server in the background and exit at once.
+    let mut server = Wrapped::start(
+        |p| format!("127.0.0.1:{p}"),
+        &["--wrap-mode=ignore"],
+        |p| {
+            vec![
+                "sh".into(),
+                "-c".into(),
+                format!("{} & exit 0", py.shell(p, "4", &[])),
+            ]
+        },
+    );
+    server.lines(&[
+        "wrapped program exited (status 0)",
+        "wrapped program listens on loopback port",
+    ]);
+    let tree = descendants(server.ws.pid);
+    assert_eq!(tree.len(), 1, "the daemon, adopted by websockify: {tree:?}");
+    let _cleanup = KillOnDrop::new(&tree);
+    assert_eq!(
+        zombie_children(server.ws.pid),
+        Vec::<i32>::new(),
+        "unreaped"
+    );
+    assert_python_session(server.public_v4()).await;
+
+    server.ws.signal(libc::SIGTERM);
+    let status = server.exit();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "websockify after SIGTERM: {status:?}"
+    );
+    assert!(!alive(tree[0]), "daemon {} outlived websockify", tree[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn respawn_mode_throttles_a_failing_program_to_three_starts_per_ten_seconds() {
+    let mut server = Wrapped::start(
+        |p| format!("127.0.0.1:{p}"),
+        &["--wrap-mode=respawn"],
+        |_| vec!["sh".into(), "-c".into(), "exit 1".into()],
+    );
+    for _ in 0..3 {
+        server.started_pid();
+        server.line("wrapped program exited (status 1)");
+    }
+    let line = tokio::task::block_in_place(|| {
+        next_line(&server.ws, &["Starting '", "respawning too fast"])
+    });
+    assert!(
+        line.as_deref()
+            .is_some_and(|l| l.contains("respawning too fast")),
+        "a fourth start within 10 s: {line:?}"
+    );
+    // A stop does not wait for the throttle.
+    server.ws.signal(libc::SIGTERM);
+    let status = server.exit();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "websockify after SIGTERM: {status:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_does_not_wait_for_a_session_still_waiting_for_the_program() {
+    // `sleep` never listens; ignore mode keeps websockify up (the listen deadline is 30 s).
+    let mut server = Wrapped::start(
+        |p| format!("127.0.0.1:{p}"),
+        &["--wrap-mode=ignore"],
+        |_| vec!["sleep".into(), "60".into()],
+    );
+    server.started_pid();
+    let mut stream = ws_open(server.public_v4()).await;
+    server.line("wrapped program not listening yet: waiting for it");
+
+    let sent = std::time::Instant::now();
+    server.ws.signal(libc::SIGTERM);
+    let bound = Duration::from_secs(3);
+    let (code, reason) = tokio::time::timeout(bound, read_close(&mut stream))
+        .await
+        .unwrap_or_else(|_| panic!("no close within {bound:?} of SIGTERM"));
+    assert_eq!(code, 1001, "close on shutdown: {reason}");
+    drop(stream);
+    let status = server.exit();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "websockify after SIGTERM: {status:?}"
+    );
+    assert!(sent.elapsed() < bound, "exit took {:?}", sent.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_program_starts_with_default_signal_handling() {
+    // websockify handles SIGINT/SIGTERM/SIGCHLD and ignores SIGPIPE itself; none of that may
+    // leak into the program (upstream resets SIGPIPE by hand for the same reason).
+    let mut server = Wrapped::start(
+        |p| format!("127.0.0.1:{p}"),
+        &["--wrap-mode=ignore"],
+        |_| vec!["sleep".into(), "60".into()],
+    );
+    let pid = server.started_pid();
+    let _cleanup = KillOnDrop::new(&[pid]);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+    };
+    let bit = |signal: i32| 1u64 << (signal - 1);
+    let watched = bit(libc::SIGPIPE) | bit(libc::SIGINT) | bit(libc::SIGTERM) | bit(libc::SIGCHLD);
+    assert_eq!(mask("SigIgn:") & watched, 0, "ignored signals:\n{status}");
+    assert_eq!(mask("SigBlk:"), 0, "blocked signals:\n{status}");
+    server.ws.signal(libc::SIGTERM);
+    assert_eq!(server.exit().code(), Some(0));
+    assert!(!alive(pid));
+}
+
 // ---------------------------------------------------------------------------------------------
 // 4. Exit mode passes on the program's status
 
@@ -809,6 +1015,75 @@ fn exit_mode_exits_with_the_program_status() {
 fn exit_mode_reports_a_program_killed_by_a_signal_as_128_plus_n() {
     let (code, stderr) = run_wrapped(&["sh", "-c", "kill -TERM $$"]);
     assert_eq!(code, Some(128 + libc::SIGTERM), "{stderr}");
+}
+
+#[test]
+fn exit_mode_stops_what_the_program_left_running() {
+    let (code, stderr) = run_wrapped(&["sh", "-c", "sleep 300 & echo \"daemon=$!\" >&2; exit 3"]);
+    assert_eq!(code, Some(3), "{stderr}");
+    let daemon: i32 = stderr
+        .lines()
+        .find_map(|l| number_after(l.strip_prefix("daemon")?, "="))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let _cleanup = KillOnDrop::new(&[daemon]);
+    assert!(!alive(daemon), "sleep {daemon} outlived websockify");
+}
+
+#[test]
+fn the_program_gets_rebind_in_its_environment_from_a_private_directory() {
+    let script = "echo \"preload=$LD_PRELOAD old=$REBIND_OLD_PORT new=$REBIND_NEW_PORT\" >&2; \
+                  stat -c 'mode=%a' \"$(dirname \"${LD_PRELOAD%%:*}\")\" >&2";
+    let (code, stderr) = run_wrapped(&["sh", "-c", script]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("preload="))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    let listen_port: u16 = number_after(&stderr, "  - Listen on 127.0.0.1:").expect("listen port");
+    assert!(line.contains(&format!(" old={listen_port} ")), "{line}");
+    let new: u16 = number_after(line, " new=").unwrap_or_else(|| panic!("{line}"));
+    assert_ne!(new, listen_port, "{line}");
+    let library = line
+        .strip_prefix("preload=")
+        .and_then(|l| l.split(' ').next())
+        .expect("LD_PRELOAD value");
+    assert!(library.ends_with("rebind.so"), "{line}");
+    assert!(stderr.contains("mode=700"), "private directory: {stderr}");
+    let dir = Path::new(library).parent().expect("directory");
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+}
+
+#[test]
+fn an_existing_ld_preload_is_kept_after_rebind() {
+    // Any library works; libc is always there (and is already loaded, so this is harmless).
+    let existing = "libc.so.6";
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = std::process::Command::new(websockify_bin())
+        .args([
+            listen.as_str(),
+            "--",
+            "sh",
+            "-c",
+            "echo \"preload=$LD_PRELOAD\" >&2",
+        ])
+        .env("LD_PRELOAD", existing)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn websockify");
+    let mut ws = ChildGuard::new(child);
+    // The program's own line, not the banner that quotes its command.
+    let line = loop {
+        let line = ws.wait_for_line("preload=");
+        if line.starts_with("preload=") {
+            break line;
+        }
+    };
+    assert!(line.ends_with(&format!("rebind.so:{existing}")), "{line}");
+    assert_eq!(ws.wait_exit().code(), Some(0));
 }
 
 #[test]
@@ -846,6 +1121,7 @@ async fn sigterm_stops_the_whole_program_tree_including_escaped_daemons() {
     let tree = descendants(server.ws.pid);
     assert!(tree.contains(&program), "pid {program} not in {tree:?}");
     assert!(tree.len() >= 3, "server and two sleeps: {tree:?}");
+    let _cleanup = KillOnDrop::new(&tree);
 
     server.ws.signal(libc::SIGTERM);
     let status = server.exit();
@@ -859,6 +1135,26 @@ async fn sigterm_stops_the_whole_program_tree_including_escaped_daemons() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_still_stops_the_program() {
+    let Some(py) = PyServer::new() else { return };
+    let mut server = Wrapped::start(|p| format!("127.0.0.1:{p}"), &[], |p| py.argv(p, "4", &[]));
+    let program = server.started_pid();
+    server.moved_port();
+    let _cleanup = KillOnDrop::new(&[program]);
+    // An open session makes the first signal wait (drain) instead of exiting at once.
+    let mut stream = ws_open(server.public_v4()).await;
+    read_until(&mut stream, GREETING).await;
+
+    server.ws.signal(libc::SIGINT);
+    server.line("SIGINT received");
+    server.ws.signal(libc::SIGINT);
+    let status = server.exit();
+    assert_ne!(status.code(), Some(0), "the immediate exit: {status:?}");
+    assert!(!alive(program), "program {program} outlived websockify");
+    drop(stream);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_kills_a_program_that_ignores_sigterm_after_the_grace_period() {
     let Some(py) = PyServer::new() else { return };
     let mut server = Wrapped::start(
@@ -869,6 +1165,7 @@ async fn sigint_kills_a_program_that_ignores_sigterm_after_the_grace_period() {
     let program = server.started_pid();
     // It ignores SIGTERM from here on: the option applies before the bind.
     server.moved_port();
+    let _cleanup = KillOnDrop::new(&[program]);
 
     server.ws.signal(libc::SIGINT);
     server.line("ignored SIGTERM: killing it");
