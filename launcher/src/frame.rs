@@ -147,6 +147,18 @@ impl Decoder {
             .unwrap_or("")
     }
 
+    /// Inside a data frame's payload: how many of its payload bytes are still to come.
+    pub fn data_remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Payload {
+                frame: FrameType::Data(_),
+                remaining,
+                ..
+            } if remaining > 0 => Some(remaining),
+            _ => None,
+        }
+    }
+
     /// True between frames: no partial header or payload is pending.
     pub fn at_frame_boundary(&self) -> bool {
         matches!(self.state, State::Header) && self.header_len == 0

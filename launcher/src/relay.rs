@@ -9,6 +9,7 @@
 //! stays bounded whatever the peers do. Buffers go back to the pool whenever a read finds
 //! nothing, so an idle connection holds none.
 
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::io;
 use std::pin::Pin;
@@ -183,6 +184,9 @@ struct Up {
     decoded: Option<Buf>,
     start: usize,
     end: usize,
+    /// Binary mode: `start..end` is the payload of a data frame whose rest fits in the
+    /// buffer behind it; it is read before writing, so the frame goes out in one write.
+    held: bool,
     /// Bytes that came with the handshake request, decoded before the first read.
     initial: Bytes,
     /// Base64 characters carried over to the next chunk (legacy mode).
@@ -199,8 +203,8 @@ struct Relay<'a, C, T> {
     down: Down,
     /// Control frame being written, and how much of it is out.
     control: Option<(ControlFrame, usize)>,
-    /// Latest unanswered ping's pong (older ones are replaced: pongs are coalesced).
-    pong: Option<ControlFrame>,
+    /// Pongs owed, oldest first; past MAX_PONGS the oldest is dropped (RFC 6455 5.5.3).
+    pongs: VecDeque<ControlFrame>,
     ping_due: bool,
     /// Our close frame, waiting for the data frame in progress to finish.
     close: Option<ControlFrame>,
@@ -223,6 +227,9 @@ struct Relay<'a, C, T> {
     traffic: bool,
 }
 
+/// Pongs queued per connection (128 bytes each) before older ones are dropped.
+const MAX_PONGS: usize = 16;
+
 /// Loop iterations with progress before yielding to other tasks.
 const BUDGET: usize = 64;
 
@@ -243,6 +250,7 @@ where
                 start: 0,
                 end: 0,
                 initial,
+                held: false,
                 carry: [0; 4],
                 carry_len: 0,
             },
@@ -254,7 +262,7 @@ where
                 started: false,
             },
             control: None,
-            pong: None,
+            pongs: VecDeque::new(),
             ping_due: false,
             close: None,
             close_sent: false,
@@ -417,7 +425,11 @@ where
         if self.close_sent {
             return None;
         }
-        if let Some(pong) = self.pong.take() {
+        if let Some(pong) = self.pongs.pop_front() {
+            if self.pongs.is_empty() {
+                // Idle connections keep no queue memory.
+                self.pongs = VecDeque::new();
+            }
             return Some(pong);
         }
         if std::mem::take(&mut self.ping_due) {
@@ -434,7 +446,7 @@ where
 
     /// Writes client payload to the target. Returns true on progress.
     fn step_target_write(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.up.start < self.up.end {
+        if self.up.start < self.up.end && (!self.up.held || self.client_done) {
             let source = match self.mode {
                 Mode::Binary => &self.up.buf,
                 Mode::Base64 => &self.up.decoded,
@@ -573,16 +585,19 @@ where
     /// Reads client frames and turns their payload into bytes for the target. Returns true
     /// on progress.
     fn step_client_read(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.client_done || self.up.start < self.up.end {
+        if self.client_done || (self.up.start < self.up.end && !self.up.held) {
             return false;
         }
+        // A held partial frame keeps its payload at the front; read the rest behind it.
+        let base = if self.up.held { self.up.end } else { 0 };
         let buf = self.up.buf.get_or_insert_with(Buf::take);
+        let limit = if self.up.held { buf.len() } else { BUF_SIZE };
         let n = if !self.up.initial.is_empty() {
-            let n = self.up.initial.len().min(BUF_SIZE);
-            buf[..n].copy_from_slice(&self.up.initial.split_to(n));
+            let n = self.up.initial.len().min(limit - base);
+            buf[base..base + n].copy_from_slice(&self.up.initial.split_to(n));
             n
         } else {
-            let mut read_buf = ReadBuf::new(&mut buf[..BUF_SIZE]);
+            let mut read_buf = ReadBuf::new(&mut buf[base..limit]);
             match Pin::new(&mut *self.client).poll_read(cx, &mut read_buf) {
                 Poll::Ready(Ok(())) => read_buf.filled().len(),
                 Poll::Ready(Err(err)) => {
@@ -590,8 +605,10 @@ where
                     return true;
                 }
                 Poll::Pending => {
-                    self.up.buf = None;
-                    self.up.decoded = None;
+                    if !self.up.held {
+                        self.up.buf = None;
+                        self.up.decoded = None;
+                    }
                     return false;
                 }
             }
@@ -603,17 +620,19 @@ where
             self.close = None;
             return true;
         }
-        self.decode_up(n);
+        self.decode_up(base, n);
         true
     }
 
     /// Decodes `n` freshly read client bytes; payload is packed at the front of the buffer.
-    fn decode_up(&mut self, n: usize) {
+    fn decode_up(&mut self, base: usize, n: usize) {
         let Some(mut buf) = self.up.buf.take() else {
             return;
         };
-        let mut pos = 0;
-        let mut out: Option<(usize, usize)> = None;
+        let n = base + n;
+        let mut pos = base;
+        let mut out: Option<(usize, usize)> = self.up.held.then_some((self.up.start, self.up.end));
+        self.up.held = false;
         let discard = self.close_queued();
         loop {
             let event = match self.decoder.next(&mut buf[..n], &mut pos) {
@@ -687,7 +706,11 @@ where
                 }
                 Event::Ping => {
                     if !self.close_queued() {
-                        self.pong = Some(ControlFrame::pong(self.decoder.control_payload()));
+                        if self.pongs.len() >= MAX_PONGS {
+                            self.pongs.pop_front();
+                        }
+                        self.pongs
+                            .push_back(ControlFrame::pong(self.decoder.control_payload()));
                     }
                 }
                 Event::Pong => self.missed_pongs = 0,
@@ -707,6 +730,17 @@ where
         if let Some((start, end)) = out {
             self.up.start = start;
             self.up.end = end;
+            // Binary mode, mid-frame, and the rest of the frame fits behind what we have:
+            // wait for it, so the frame reaches the target in one write. Longer frames
+            // stream through as they arrive.
+            let room = (buf.len() - end) as u64;
+            self.up.held = self.mode == Mode::Binary
+                && start < end
+                && !self.client_done
+                && self
+                    .decoder
+                    .data_remaining()
+                    .is_some_and(|rest| rest <= room);
         }
         self.up.buf = Some(buf);
     }

@@ -102,6 +102,9 @@ async fn connect_loopback(port: u16) -> Result<TcpStream, ConnectError> {
     }
 }
 
+/// Receive buffer asked for before connecting: sets the initial TCP window.
+const RCVBUF: u32 = 256 * 1024;
+
 fn refused_or_absent(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::ConnectionRefused
         || matches!(
@@ -131,7 +134,16 @@ async fn connect_tcp(host: &str, port: u16, until: Instant) -> Result<TcpStream,
         } else {
             share
         };
-        match tokio::time::timeout(share, TcpStream::connect(addr)).await {
+        let connect = async {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            let _ = socket.set_recv_buffer_size(RCVBUF);
+            socket.connect(*addr).await
+        };
+        match tokio::time::timeout(share, connect).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 let _ = socket2::SockRef::from(&stream).set_keepalive(true);

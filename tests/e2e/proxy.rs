@@ -562,3 +562,19 @@ async fn shutdown_sends_1001_to_open_sessions() {
         .expect("join")
         .expect("run");
 }
+
+#[tokio::test]
+async fn answers_every_ping_of_a_burst_in_order() {
+    let server = TestServer::start(config_to(echo_server().await)).await;
+    let (mut client, _) = raw_upgrade(server.addr, "").await;
+    let burst: Vec<u8> = (0..10)
+        .flat_map(|i| client_frame(0x89, format!("payload-{i}").as_bytes()))
+        .collect();
+    client.write_all(&burst).await.expect("pings");
+    for i in 0..10 {
+        assert_eq!(
+            read_frame(&mut client).await,
+            (0x8a, format!("payload-{i}").into_bytes())
+        );
+    }
+}
