@@ -6,4 +6,5 @@ mod ops;
 mod proxy;
 mod tls;
 mod util;
+mod web;
 mod wrap;
