@@ -595,6 +595,9 @@ where
         let n = if !self.up.initial.is_empty() {
             let n = self.up.initial.len().min(limit - base);
             buf[base..base + n].copy_from_slice(&self.up.initial.split_to(n));
+            if self.up.initial.is_empty() {
+                self.up.initial = Bytes::new();
+            }
             n
         } else {
             let mut read_buf = ReadBuf::new(&mut buf[base..limit]);

@@ -123,7 +123,12 @@ pub async fn serve(
         .map_err(|_| RequestError::Upgrade("the upgraded stream has an unexpected type".into()))?;
     Ok(Some(Upgraded {
         stream: parts.io.into_inner(),
-        leftover: parts.read_buf,
+        // A copy: a slice would keep hyper's whole read buffer alive for the session.
+        leftover: if parts.read_buf.is_empty() {
+            Bytes::new()
+        } else {
+            Bytes::copy_from_slice(&parts.read_buf)
+        },
         mode: pending.mode,
         path: pending.path,
         protocol: pending.protocol,
