@@ -67,6 +67,11 @@ pub async fn run(
         config.auth.source.as_deref(),
         &config.auth.allowed_origins,
     )?;
+    if auth.plugin_name() == Some("ClientCertCNAuth") && !config.tls.verify_client {
+        tracing::warn!(
+            "ClientCertCNAuth needs --verify-client: without it no client presents a certificate and every connection is refused"
+        );
+    }
     let tokens = config
         .token
         .as_ref()
