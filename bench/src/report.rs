@@ -1,0 +1,779 @@
+//! Results: `results.json` (every run), `results.md` (the table and the bars) and, for full
+//! runs, `docs/benchmarks.md` (machine, versions, table, method).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::{Value, json};
+
+use crate::peers::{Commands, Peer};
+use crate::run::{Case, CaseResult, Options, Plan};
+
+/// The machine and the versions of everything measured.
+pub struct Env {
+    pub date: String,
+    pub nproc: String,
+    pub lscpu: String,
+    pub kernel: String,
+    pub rustc: String,
+    pub versions: Vec<(String, String)>,
+}
+
+fn cmd(prog: &str, args: &[&str]) -> String {
+    Command::new(prog)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let mut s = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+            if s.is_empty() {
+                s = String::from_utf8_lossy(&o.stderr).trim().to_owned();
+            }
+            s
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+pub fn environment(cmds: &Commands) -> Env {
+    let mut versions = vec![("websockify (ours)".to_owned(), {
+        let v = cmd(&cmds.ours.to_string_lossy(), &["--version"]);
+        let git = cmd("git", &["rev-parse", "--short", "HEAD"]);
+        let dirty = if cmd("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+            ""
+        } else {
+            "+changes"
+        };
+        format!("{v} (git {git}{dirty}, release build)")
+    })];
+    if let Some(up) = &cmds.upstream {
+        let py = up.with_file_name("python");
+        let v = cmd(
+            &py.to_string_lossy(),
+            &[
+                "-c",
+                "import importlib.metadata as m, sys; print('websockify', m.version('websockify'), \
+                 '+ numpy', m.version('numpy'), 'on Python', sys.version.split()[0])",
+            ],
+        );
+        versions.push(("websockify (Python)".into(), v));
+    }
+    if let Some(w) = &cmds.websocat {
+        versions.push(("websocat".into(), cmd(&w.to_string_lossy(), &["--version"])));
+    }
+    versions.push((
+        "tokio (relay, load generator)".into(),
+        "1.x, copy_bidirectional_with_sizes 64 KiB".into(),
+    ));
+    let lscpu = cmd("lscpu", &[]);
+    Env {
+        date: cmd("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        nproc: cmd("nproc", &[]),
+        lscpu: lscpu.lines().take(10).collect::<Vec<_>>().join("\n"),
+        kernel: cmd("uname", &["-sr"]),
+        rustc: cmd("rustc", &["-V"]),
+        versions,
+    }
+}
+
+/// A table row: one metric of one case.
+struct Row {
+    key: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    higher_better: bool,
+    /// Show a ratio to the relay.
+    ratio: bool,
+}
+
+fn rows(cases: &[Case]) -> Vec<(Case, Row)> {
+    let mut out = Vec::new();
+    let mut add = |c: Case, key, label, unit, higher_better, ratio| {
+        out.push((
+            c,
+            Row {
+                key,
+                label,
+                unit,
+                higher_better,
+                ratio,
+            },
+        ));
+    };
+    for &c in cases {
+        match c {
+            Case::TpUp => {
+                add(
+                    c,
+                    "mib_s",
+                    "1. throughput up (client→target), 64 KiB messages",
+                    "MiB/s",
+                    true,
+                    true,
+                );
+                add(
+                    c,
+                    "mib_per_cpu_s",
+                    "1. up: MiB per CPU-second of the proxy",
+                    "MiB/CPU-s",
+                    true,
+                    true,
+                );
+            }
+            Case::TpDown => {
+                add(
+                    c,
+                    "mib_s",
+                    "1. throughput down (target→client), 64 KiB writes",
+                    "MiB/s",
+                    true,
+                    true,
+                );
+                add(
+                    c,
+                    "mib_per_cpu_s",
+                    "1. down: MiB per CPU-second of the proxy",
+                    "MiB/CPU-s",
+                    true,
+                    true,
+                );
+            }
+            Case::Rtt => {
+                add(
+                    c,
+                    "p50_us",
+                    "2. round trip, 64-byte messages, p50",
+                    "µs",
+                    false,
+                    true,
+                );
+                add(
+                    c,
+                    "p99_us",
+                    "2. round trip, 64-byte messages, p99",
+                    "µs",
+                    false,
+                    true,
+                );
+            }
+            Case::ConnSeq => add(
+                c,
+                "conn_s",
+                "3. connection rate, sequential",
+                "conn/s",
+                true,
+                true,
+            ),
+            Case::Conn16 => add(
+                c,
+                "conn_s",
+                "3. connection rate, 16 at a time",
+                "conn/s",
+                true,
+                true,
+            ),
+            Case::Many(k) => {
+                let label: &'static str = Box::leak(
+                    format!("4. {k} connections: memory per connection").into_boxed_str(),
+                );
+                add(c, "mem_kib_per_conn", label, "KiB", false, true);
+                let label: &'static str = Box::leak(
+                    format!("4. {k} connections: still echoing (worst round)").into_boxed_str(),
+                );
+                add(c, "echo_ok", label, "of K", true, false);
+            }
+            Case::StallUp => {
+                add(
+                    c,
+                    "rss_growth_mib",
+                    "5. target stops reading, 1 GiB pushed up: RSS growth",
+                    "MiB",
+                    false,
+                    false,
+                );
+                add(
+                    c,
+                    "accepted_mib",
+                    "5. up: bytes accepted before the push stalled",
+                    "MiB",
+                    false,
+                    false,
+                );
+            }
+            Case::StallDown => {
+                add(
+                    c,
+                    "rss_growth_mib",
+                    "5. client stops reading, 1 GiB pushed down: RSS growth",
+                    "MiB",
+                    false,
+                    false,
+                );
+                add(
+                    c,
+                    "accepted_mib",
+                    "5. down: bytes accepted before the push stalled",
+                    "MiB",
+                    false,
+                    false,
+                );
+            }
+            Case::BigFrame => {
+                add(
+                    c,
+                    "mib_s",
+                    "6. one frame declaring 2^40 bytes, 1 GiB streamed",
+                    "MiB/s",
+                    true,
+                    true,
+                );
+                add(
+                    c,
+                    "rss_growth_mib",
+                    "6. 2^40-byte frame: RSS growth",
+                    "MiB",
+                    false,
+                    false,
+                );
+            }
+        }
+    }
+    out
+}
+
+fn fmt_num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn cell(cr: &CaseResult, p: Peer, row: &Row) -> String {
+    let Some(runs) = cr.runs.get(&p) else {
+        return "–".into();
+    };
+    if runs.iter().all(|r| r.skipped) {
+        return "skipped".into();
+    }
+    if row.key == "echo_ok" {
+        let req = cr.median(p, "requested").unwrap_or(0.0);
+        return match cr.min(p, "echo_ok") {
+            Some(v) => format!("{v:.0}/{req:.0}"),
+            None => "–".into(),
+        };
+    }
+    let failed = runs.iter().filter(|r| r.error.is_some()).count();
+    let Some(v) = cr.median(p, row.key) else {
+        let stalled = runs
+            .iter()
+            .any(|r| r.metrics.values.get("stalled") == Some(&1.0));
+        return if failed > 0 {
+            "failed".into()
+        } else if stalled {
+            "stalled".into()
+        } else {
+            "–".into()
+        };
+    };
+    let mut s = fmt_num(v);
+    if row.ratio
+        && p != Peer::Relay
+        && let Some(r) = cr.ratio(p, row.key)
+    {
+        let _ = write!(s, " ({r:.2}×)");
+    }
+    if failed > 0 {
+        let _ = write!(s, " ({failed}/{} failed)", runs.len());
+    }
+    s
+}
+
+/// A bar our websockify must meet.
+struct Bar {
+    text: String,
+    measured: Option<f64>,
+    met: Option<bool>,
+    shown: String,
+}
+
+fn bars(results: &[CaseResult]) -> Vec<Bar> {
+    let find = |c: Case| results.iter().find(|r| r.case == c);
+    let mut out = Vec::new();
+    let ratio_bar =
+        |out: &mut Vec<Bar>, c: Case, key: &str, text: &str, limit: f64, at_least: bool| {
+            let r = find(c).and_then(|cr| cr.ratio(Peer::Ours, key));
+            out.push(Bar {
+                text: text.into(),
+                measured: r,
+                met: r.map(|r| if at_least { r >= limit } else { r <= limit }),
+                shown: r.map_or("not measured".into(), |r| format!("{r:.2}× relay")),
+            });
+        };
+    ratio_bar(
+        &mut out,
+        Case::TpUp,
+        "mib_s",
+        "throughput up ≥ 1.0× relay",
+        1.0,
+        true,
+    );
+    ratio_bar(
+        &mut out,
+        Case::TpDown,
+        "mib_s",
+        "throughput down ≥ 1.0× relay",
+        1.0,
+        true,
+    );
+    ratio_bar(
+        &mut out,
+        Case::Rtt,
+        "p50_us",
+        "round trip p50 ≤ 1.1× relay",
+        1.1,
+        false,
+    );
+    ratio_bar(
+        &mut out,
+        Case::Rtt,
+        "p99_us",
+        "round trip p99 ≤ 1.25× relay",
+        1.25,
+        false,
+    );
+    ratio_bar(
+        &mut out,
+        Case::Conn16,
+        "conn_s",
+        "connections/s at 16 concurrent ≥ 1.0× relay",
+        1.0,
+        true,
+    );
+    {
+        let cr = find(Case::Many(10_000));
+        let kib = cr.and_then(|c| c.median(Peer::Ours, "mem_kib_per_conn"));
+        let ok = cr.and_then(|c| c.min(Peer::Ours, "echo_ok"));
+        let req = cr
+            .and_then(|c| c.median(Peer::Ours, "requested"))
+            .unwrap_or(10_000.0);
+        out.push(Bar {
+            text: "≤ 12 KiB per idle connection at 10,000, all still echoing".into(),
+            measured: kib,
+            met: kib.zip(ok).map(|(k, ok)| k <= 12.0 && ok >= req),
+            shown: match (kib, ok) {
+                (Some(k), Some(ok)) => format!("{k:.2} KiB, {ok:.0}/{req:.0} echo"),
+                _ => "not measured".into(),
+            },
+        });
+    }
+    for (c, text) in [
+        (Case::StallUp, "stalled push up: RSS growth ≤ 4 MiB"),
+        (Case::StallDown, "stalled push down: RSS growth ≤ 4 MiB"),
+        (Case::BigFrame, "2^40-byte frame: RSS growth ≤ 4 MiB"),
+    ] {
+        let v = find(c).and_then(|cr| cr.median(Peer::Ours, "rss_growth_mib"));
+        out.push(Bar {
+            text: text.into(),
+            measured: v,
+            met: v.map(|v| v <= 4.0),
+            shown: v.map_or("not measured".into(), |v| format!("{v:.2} MiB")),
+        });
+    }
+    out
+}
+
+fn table(results: &[CaseResult], peers: &[Peer]) -> String {
+    let cases: Vec<Case> = results.iter().map(|r| r.case).collect();
+    let mut s = String::new();
+    let _ = write!(s, "| scenario | unit |");
+    for p in peers {
+        let _ = write!(s, " {} |", p.title());
+    }
+    let _ = write!(s, "\n|---|---|");
+    for _ in peers {
+        s.push_str("---:|");
+    }
+    s.push('\n');
+    for (c, row) in rows(&cases) {
+        let Some(cr) = results.iter().find(|r| r.case == c) else {
+            continue;
+        };
+        let better = if row.key == "echo_ok" || row.key == "accepted_mib" {
+            ""
+        } else if row.higher_better {
+            " ↑"
+        } else {
+            " ↓"
+        };
+        let _ = write!(s, "| {} | {}{} |", row.label, row.unit, better);
+        for &p in peers {
+            let _ = write!(s, " {} |", cell(cr, p, &row));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn cpu_table(results: &[CaseResult], peers: &[Peer]) -> String {
+    let mut s = String::from("| run | process |");
+    for p in peers {
+        let _ = write!(s, " {} |", p.title());
+    }
+    s.push_str("\n|---|---|");
+    for _ in peers {
+        s.push_str("---:|");
+    }
+    s.push('\n');
+    for cr in results.iter().filter(|r| {
+        matches!(
+            r.case,
+            Case::TpUp | Case::TpDown | Case::Rtt | Case::Conn16 | Case::BigFrame
+        )
+    }) {
+        for (key, who) in [
+            ("proxy_cpu_pct", "proxy"),
+            ("client_cpu_pct", "load generator (ws-bench)"),
+            ("target_cpu_pct", "target (ws-bench serve)"),
+            ("other_cpu_pct", "everything else on the machine"),
+        ] {
+            let _ = write!(s, "| {} | {who} |", cr.case.id());
+            for &p in peers {
+                let v = cr.median(p, key).map_or("–".into(), |v| format!("{v:.0}%"));
+                let _ = write!(s, " {v} |");
+            }
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// A warning when other work on the machine took a noticeable share of CPU during runs.
+fn noise_warning(results: &[CaseResult], peers: &[Peer]) -> Option<String> {
+    let mut worst: Option<(f64, String)> = None;
+    for cr in results {
+        for &p in peers {
+            if let Some(v) = cr.median(p, "other_cpu_pct")
+                && v > 10.0
+                && worst.as_ref().is_none_or(|w| v > w.0)
+            {
+                worst = Some((v, format!("{} / {}", cr.case.id(), p.id())));
+            }
+        }
+    }
+    worst.map(|(v, at)| {
+        format!(
+            "**Noise:** other processes used up to {v:.0}% of a core during the measured runs (median, at {at}); \
+             compare ratios rather than absolute numbers, or re-run on a quiet machine."
+        )
+    })
+}
+
+fn notes(results: &[CaseResult], peers: &[Peer]) -> String {
+    let mut s = String::new();
+    for cr in results {
+        for &p in peers {
+            let n = cr.notes(p);
+            if !n.is_empty() {
+                let _ = writeln!(s, "- `{}` / {}: {}", cr.case.id(), p.id(), n.join("; "));
+            }
+        }
+    }
+    s
+}
+
+fn bars_md(results: &[CaseResult]) -> String {
+    let mut s = String::from("| bar for our websockify | measured | met |\n|---|---|---|\n");
+    for b in bars(results) {
+        let met = match b.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "–",
+        };
+        let _ = writeln!(s, "| {} | {} | {met} |", b.text, b.shown);
+    }
+    s
+}
+
+pub const METHOD: &str = "\
+### What each column measures
+
+- **direct (no proxy)**: the load generator speaks WebSocket straight to the bench's own
+  WebSocket target (`ws-bench serve`). A ceiling, not a proxy: in it the load generator and the
+  target are the whole system, so their CPU (not a proxy's) is what bounds it.
+- **TCP relay (tokio copy)**: `ws-bench relay`, tokio `copy_bidirectional_with_sizes` with
+  64 KiB buffers on tokio's default multi-thread runtime, in front of that same WebSocket target;
+  the client's WebSocket bytes cross it untouched. The floor for any proxy, and the denominator
+  of every ratio.
+- **websockify (Rust, ours)**, **websockify (Python)**, **websocat** (`--binary -E ws-l: tcp:`):
+  the client speaks WebSocket to the proxy, the proxy speaks plain TCP to the bench's TCP target
+  (echo, sink, source or never-read). These do the WebSocket work (unmasking, framing) that the
+  relay leaves to the target.
+
+### What each row measures
+
+1. *Throughput*: one connection. Up: the client sends 2 GiB (quick: 128 MiB) as masked 64 KiB
+   binary frames (four per `write`) to a sink, timed until the sink acknowledges the last byte.
+   Down: the target writes the same amount in 64 KiB writes (64 KiB frames behind the relay),
+   timed until the client has the last payload byte. *MiB per CPU-second*: bytes over the CPU
+   time the proxy used during the transfer (its threads' run time from `/proc/PID/task/*/schedstat`,
+   or utime+stime from `/proc/PID/stat`; the whole process tree).
+2. *Round trip*: one connection, 64-byte binary messages sent one at a time to an echo target;
+   each sample is the time from `write` to the last echoed byte; 20,000 samples after a warm-up
+   (quick: 2,000).
+3. *Connection rate*: open TCP, WebSocket handshake, one 64-byte echo, close handshake (close
+   sent, close or EOF received); completed cycles per second, one at a time and 16 at a time,
+   for 2 s or 10,000 cycles (quick: 0.7 s or 2,000).
+4. *Many connections*: after one warm-up cycle, K connections are opened (64 handshakes in
+   flight, each echoing once), then each echoes once more at a random moment within 3 s
+   (quick: 1 s); after 0.5 s idle the proxy's memory is read, then every connection echoes once
+   more (*still echoing*). *Memory per connection* = (RSS when idle − RSS before opening) /
+   connections opened; for a proxy that forks per connection (upstream) it is the sum of PSS
+   over its processes, since summed RSS counts the pages the forks share once per process
+   (`results.json` has both). Opening stops after K/50 failures; a peer for which not every
+   connection echoed is skipped at larger K. A proxy needs two descriptors per connection: if
+   the open-file hard limit is below 2K + 40 (this machine: 20,000, not raisable without
+   CAP_SYS_RESOURCE), K is capped and the notes say so.
+5. *Stalled reader*: up, the target reads the request and then never reads again while the
+   client pushes 64 KiB frames; down, the target pushes while the client never reads. The push
+   stops after 1 GiB or when it makes no progress for 2 s (quick: 1 s). *RSS growth* = peak RSS
+   (sampled every 20 ms) − RSS after the handshake; *accepted* = bytes the pushing side got
+   written (kernel socket buffers included, about 8 MiB on loopback). A proxy that buffers
+   without bound shows RSS growth close to the bytes it accepted; if it reads in bursts, the
+   2-second rule may stop the push before 1 GiB.
+6. *2^40-byte frame*: one masked frame header declaring 2^40 bytes, then 1 GiB of its payload
+   streamed to a sink; throughput until the sink acknowledges; *stalled* when the sink got no
+   byte for 2 s (a proxy that waits for the whole frame), *failed* or a note when the proxy
+   closes the connection; peak RSS growth as in 5.
+
+Each cell is the median of the rounds (each round starts every peer afresh, in an order that
+rotates from round to round); the ratio in brackets is that median over the TCP relay's median
+from the same run (↑: higher is better, ↓: lower is better). Bulk frames are masked once with
+distinct keys and re-sent, so the load generator spends no CPU masking; the proxy still unmasks
+every byte. The CPU table shows each process's share of a core during the measured part of each
+run: where a proxy is measured, the load generator stays well below one core, so it is not what
+limits the proxy. Before each run the harness waits (up to 30 s) for the machine to be under 15%
+busy; *everything else on the machine* shows what other processes used meanwhile.
+
+### Profiling our websockify with the harness
+
+`--ours-prefix` runs our binary under a tool (the relay still runs beside it as the baseline):
+
+```
+B=target/release/ws-bench; W=target/release/websockify; mkdir -p target/bench-prof
+# time, kernel included (software cpu-clock event: this VM has no hardware counters)
+$B run --only throughput-up --peers ours --rounds 1 --ours $W --out target/bench-prof \\
+   --ours-prefix \"perf record -q -e cpu-clock -F 4999 -g -o target/bench-prof/perf.data --\"
+perf report -i target/bench-prof/perf.data --no-children --sort dso,sym -g none --stdio
+# instruction counts, user space only (repeatable on a noisy machine)
+$B run --only throughput-up --peers ours --rounds 1 --throughput-mib 256 --ours $W \\
+   --out target/bench-prof --ours-prefix \"valgrind --tool=callgrind --callgrind-out-file=target/bench-prof/cg.out\"
+callgrind_annotate target/bench-prof/cg.out | head -40
+# system calls per transfer
+$B run --only throughput-up --peers ours --rounds 1 --throughput-mib 512 --ours $W \\
+   --out target/bench-prof --ours-prefix \"strace -f -c -o target/bench-prof/strace.txt\"
+```
+";
+
+pub fn write(
+    opts: &Options,
+    plan: &Plan,
+    results: &[CaseResult],
+    env: &Env,
+    elapsed: Duration,
+) -> Result<()> {
+    let peers: Vec<Peer> = plan.peers.clone();
+    // JSON: every run.
+    let cases: Vec<Value> = results
+        .iter()
+        .map(|cr| {
+            let mut runs = serde_json::Map::new();
+            let mut medians = serde_json::Map::new();
+            let mut ratios = serde_json::Map::new();
+            for (p, rs) in &cr.runs {
+                runs.insert(
+                    p.id().into(),
+                    Value::Array(
+                        rs.iter()
+                            .map(|r| {
+                                json!({
+                                    "round": r.round + 1,
+                                    "metrics": r.metrics.values,
+                                    "notes": r.metrics.notes,
+                                    "error": r.error,
+                                    "skipped": r.skipped,
+                                })
+                            })
+                            .collect(),
+                    ),
+                );
+                let keys: std::collections::BTreeSet<&String> =
+                    rs.iter().flat_map(|r| r.metrics.values.keys()).collect();
+                let mut med = serde_json::Map::new();
+                let mut rat = serde_json::Map::new();
+                for k in keys {
+                    if let Some(v) = cr.median(*p, k) {
+                        med.insert(k.clone(), json!(v));
+                    }
+                    if let Some(r) = cr.ratio(*p, k) {
+                        rat.insert(k.clone(), json!(r));
+                    }
+                }
+                medians.insert(p.id().into(), Value::Object(med));
+                ratios.insert(p.id().into(), Value::Object(rat));
+            }
+            json!({
+                "id": cr.case.id(),
+                "scenario": cr.case.scenario(),
+                "median": medians,
+                "ratio_to_relay": ratios,
+                "runs": runs,
+            })
+        })
+        .collect();
+    let bars_json: Vec<Value> = bars(results)
+        .into_iter()
+        .map(|b| json!({"bar": b.text, "measured": b.measured, "shown": b.shown, "met": b.met}))
+        .collect();
+    let doc = json!({
+        "date": env.date,
+        "elapsed_seconds": elapsed.as_secs_f64(),
+        "machine": {"nproc": env.nproc, "lscpu": env.lscpu, "kernel": env.kernel, "rustc": env.rustc},
+        "versions": env.versions.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<serde_json::Map<_, _>>(),
+        "plan": plan.to_json(),
+        "cases": cases,
+        "bars": bars_json,
+    });
+    std::fs::write(
+        opts.out.join("results.json"),
+        serde_json::to_string_pretty(&doc)? + "\n",
+    )?;
+
+    let mode = if plan.quick {
+        "quick (smoke test, not for publishing)"
+    } else {
+        "full"
+    };
+    let tbl = table(results, &peers);
+    let note_text = notes(results, &peers);
+    let rounds_text = if plan.rounds == plan.rounds_cheap {
+        format!("{} round(s)", plan.rounds)
+    } else {
+        format!(
+            "{} rounds (throughput, round trip, connection rate) or {} rounds (the rest)",
+            plan.rounds_cheap, plan.rounds
+        )
+    };
+    let pin_text = if plan.pinned {
+        ", peer pinned to its own CPU"
+    } else {
+        ""
+    };
+    let mut md = String::new();
+    let _ = writeln!(md, "# websockify benchmark results\n");
+    let _ = writeln!(
+        md,
+        "{} · {} · {}{pin_text} · {} CPUs · {} · took {:.0} s\n",
+        env.date,
+        mode,
+        rounds_text,
+        env.nproc,
+        env.kernel,
+        elapsed.as_secs_f64()
+    );
+    let _ = writeln!(md, "{tbl}");
+    if let Some(w) = noise_warning(results, &peers) {
+        let _ = writeln!(md, "{w}\n");
+    }
+    let _ = writeln!(md, "## Bars\n\n{}", bars_md(results));
+    let _ = writeln!(
+        md,
+        "## CPU during the runs (median, % of one core)\n\n{}",
+        cpu_table(results, &peers)
+    );
+    if !note_text.is_empty() {
+        let _ = writeln!(md, "## Notes, failures and errors\n\n{note_text}");
+    }
+    let _ = writeln!(md, "{METHOD}");
+    std::fs::write(opts.out.join("results.md"), &md)?;
+
+    if let Some(docs) = &opts.docs {
+        write_docs(
+            docs,
+            plan.quick,
+            env,
+            &tbl,
+            results,
+            &peers,
+            &note_text,
+            &rounds_text,
+        )?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_docs(
+    path: &Path,
+    quick: bool,
+    env: &Env,
+    tbl: &str,
+    results: &[CaseResult],
+    peers: &[Peer],
+    note_text: &str,
+    rounds: &str,
+) -> Result<()> {
+    let mut d = String::new();
+    let _ = writeln!(d, "# Benchmarks\n");
+    let _ = writeln!(
+        d,
+        "Our websockify side by side with upstream Python websockify, websocat, a plain TCP relay and no \
+         proxy at all, in one run on one machine. Reproduce with one command:\n\n```\nscripts/bench            \
+         # full run (about 12 minutes); --quick for a smoke test, --only SCENARIO for one\n```\n\n\
+         It builds the load generator (`bench/`, binary `ws-bench`) and our websockify in release \
+         mode, installs the peers into `bench-peers/` (ignored by git), runs every scenario and \
+         writes `target/bench/results.json` (every run), `target/bench/results.md` and this page.\n"
+    );
+    let _ = writeln!(d, "## Machine\n");
+    let _ = writeln!(
+        d,
+        "- date: {}{}",
+        env.date,
+        if quick { " (quick run)" } else { "" }
+    );
+    let _ = writeln!(d, "- `nproc`: {}", env.nproc);
+    let _ = writeln!(d, "- kernel: {}", env.kernel);
+    let _ = writeln!(d, "- {}", env.rustc);
+    for (k, v) in &env.versions {
+        let _ = writeln!(d, "- {k}: {v}");
+    }
+    let _ = writeln!(d, "\n```\n$ lscpu | head\n{}\n```\n", env.lscpu);
+    let _ = writeln!(
+        d,
+        "## Results\n\nMedian of {rounds}; in brackets, the ratio to the TCP relay of the same run.\n"
+    );
+    let _ = writeln!(d, "{tbl}");
+    if let Some(w) = noise_warning(results, peers) {
+        let _ = writeln!(d, "{w}\n");
+    }
+    let _ = writeln!(d, "### Bars\n\n{}", bars_md(results));
+    let _ = writeln!(
+        d,
+        "### CPU during the runs (median, % of one core)\n\n{}",
+        cpu_table(results, peers)
+    );
+    if !note_text.is_empty() {
+        let _ = writeln!(d, "### Notes, failures and errors\n\n{note_text}");
+    }
+    let _ = writeln!(d, "## Method\n\n{METHOD}");
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(path, d)?;
+    Ok(())
+}
