@@ -11,7 +11,7 @@ were asked for; one with no result counts as failed.
 With --split-out, writes the ids of the failing cases that failed only because the echo
 came back split (see `is_split`) to FILE, one a line, and prints nothing. Otherwise
 prints each failing case (kosoku's reasons, the frames sent and answered, what was
-expected) and the closing line `autobahn: N passed, M failed (of K <label>)`, and exits 1
+expected) and the closing line `autobahn: N of K <label> pass, M do not`, and exits 1
 when fewer than --min-pass cases passed.
 """
 
@@ -202,7 +202,7 @@ def main() -> int:
             print(f"    {line}")
     need = len(ids) if args.min_pass == "all" else int(args.min_pass)
     print(f"autobahn: reports in {', '.join(args.reports)}; {need} must pass")
-    print(f"autobahn: {len(ok)} passed, {len(bad)} failed (of {len(ids)} {args.label})")
+    print(f"autobahn: {len(ok)} of {len(ids)} {args.label} pass, {len(bad)} do not")
     return 0 if ids and len(ok) >= need else 1
 
 
