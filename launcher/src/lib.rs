@@ -15,7 +15,7 @@
 //!   target::connect  TCP (each address in turn) | unix | TLS, under a deadline
 //!                    => stream::TargetStream; failure -> close 1011
 //!   relay::run       frame::Decoder streams client frames to the target; target reads
-//!                    become frames; one poll loop, one 128 KiB buffer per direction at most
+//!                    become frames; one poll loop, one 64 KiB buffer per direction at most
 //!                    => relay::Outcome { close reason, bytes each way }, logged once
 //! ```
 //!

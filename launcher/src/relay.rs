@@ -4,7 +4,7 @@
 //! One task drives both directions through a single poll loop ([`Relay::poll_run`]), so the
 //! client socket has exactly one writer and control frames (pongs, pings, the close) slot in
 //! between data frames without locks or queues. Each direction owns at most one
-//! [`Buf`](crate::buffer::Buf) of 128 KiB and reads again only after everything it read has been
+//! [`Buf`](crate::buffer::Buf) of 64 KiB and reads again only after everything it read has been
 //! written: a side that stops reading stops the other side's reads (backpressure), and memory
 //! stays bounded whatever the peers do. Buffers go back to the pool whenever a read finds
 //! nothing, so an idle connection holds none.

@@ -390,10 +390,21 @@ impl Wrapper {
     }
 }
 
-/// SIGKILLs every descendant at once (the exit path of a second SIGINT/SIGTERM).
+/// SIGKILLs every descendant at once and reaps them (bounded to one second): the exit path
+/// of a second SIGINT/SIGTERM, so nothing outlives websockify.
 pub fn kill_descendants() {
-    for pid in descendants(std::process::id() as i32) {
+    let me = std::process::id() as i32;
+    for pid in descendants(me) {
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while std::time::Instant::now() < deadline && !descendants(me).is_empty() {
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
