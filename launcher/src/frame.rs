@@ -159,11 +159,6 @@ impl Decoder {
         }
     }
 
-    /// True between frames: no partial header or payload is pending.
-    pub fn at_frame_boundary(&self) -> bool {
-        matches!(self.state, State::Header) && self.header_len == 0
-    }
-
     /// Decodes from `input[*pos..]`, advancing `*pos`, and returns the next event, or `None`
     /// when the input is used up. Data payloads are unmasked in place inside `input`.
     pub fn next(
