@@ -10,8 +10,8 @@ use crate::frame::close_code;
 use crate::record;
 use crate::relay::{self, RelayOptions};
 use crate::request;
-use crate::server::Shared;
 use crate::sniff::{self, Sniffed};
+use crate::state::Shared;
 use crate::stream::ClientStream;
 use crate::target;
 

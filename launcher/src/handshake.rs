@@ -63,10 +63,23 @@ pub fn accept(headers: &HeaderMap) -> Result<Accept, HandshakeError> {
         .ok_or(HandshakeError::MissingKey)?;
     let (protocol, mode) = choose_protocol(headers.get_all(SEC_WEBSOCKET_PROTOCOL).iter())?;
     Ok(Accept {
-        accept_key: tungstenite::handshake::derive_accept_key(key),
+        accept_key: accept_key(key),
         protocol,
         mode,
     })
+}
+
+/// The GUID of RFC 6455 section 1.3, appended to the client's key before hashing.
+const WEBSOCKET_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// `Sec-WebSocket-Accept`: base64 of the SHA-1 of the client's key and the GUID. ring (already
+/// linked for TLS) provides SHA-1, so no WebSocket library is needed for this one value.
+pub fn accept_key(key: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut context = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    context.update(key);
+    context.update(WEBSOCKET_GUID);
+    base64::engine::general_purpose::STANDARD.encode(context.finish())
 }
 
 /// Subprotocol choice: `binary` when offered; `base64` alone selects the legacy base64 mode;

@@ -1,16 +1,20 @@
-//! The request step: read HTTP requests (with hyper) until one asks for a WebSocket upgrade.
+//! The request step: read HTTP requests (with hyper) until one asks for a WebSocket upgrade,
+//! and decide each one: a file (`--web`), a refusal ([`Reject`]), or the 101 with the target
+//! the session will go to.
 //!
 //! hyper enforces the head limits (16 KiB, 100 header fields: 431 beyond), the head deadline
 //! and HTTP/1.1 framing. For an upgrade we answer 101 ourselves and then take the raw stream
 //! back from hyper by type (`Upgraded::downcast`), with any bytes the client sent after the
 //! head, so the relay runs on the bare socket with no HTTP machinery left per connection.
+//!
+//! The order of the checks for an upgrade: handshake validity, then authentication (so that
+//! unauthenticated clients cannot probe tokens or load a backend), then the token lookup.
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
@@ -18,22 +22,18 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-use crate::auth::AuthReject;
 use crate::config::Target;
-use crate::handshake::{self, HandshakeError};
+use crate::handshake::{self, Accept};
 use crate::relay::Mode;
-use crate::server::Shared;
+use crate::response::{Body, Reject, SERVER, empty_body};
+use crate::state::Shared;
 use crate::stream::ClientStream;
 use crate::token::{self, Tokens};
-use crate::web::{WebBody, full_body, into_web};
 
 /// Most bytes of a request head (request line plus headers).
 pub const MAX_HEAD: usize = 16 * 1024;
 /// Most header fields in a request head.
 pub const MAX_HEADERS: usize = 100;
-
-/// The value of our `Server` header.
-pub const SERVER: &str = concat!("WebSockify Rust/", env!("CARGO_PKG_VERSION"));
 
 /// A client that completed the WebSocket handshake.
 pub struct Upgraded {
@@ -136,76 +136,60 @@ pub async fn serve(
     }))
 }
 
-/// Answers one request: a file (`--web`), 405 without a web root, 400 for a bad upgrade,
-/// 401/403 from authentication, 4xx/5xx from the token lookup, or 101 for a good upgrade
-/// (remembered in the context's slot for [`serve`]).
-async fn respond(mut request: Request<Incoming>, context: &Context) -> Response<WebBody> {
+/// Answers one request; a refusal is logged here, once, and becomes its error page.
+async fn respond(mut request: Request<Incoming>, context: &Context) -> Response<Body> {
+    match route(&mut request, context).await {
+        Ok(response) => response,
+        Err(reject) => {
+            log_refusal(&reject, &request);
+            reject.response()
+        }
+    }
+}
+
+/// A file (`--web`), or the 101 for a good upgrade (remembered in the context's slot for
+/// [`serve`]), or why not.
+async fn route(
+    request: &mut Request<Incoming>,
+    context: &Context,
+) -> Result<Response<Body>, Reject> {
     let shared = &context.shared;
     let client_cert = context.client_cert.as_deref();
     if !handshake::is_upgrade(request.method(), request.headers()) {
-        let Some(web) = &shared.web else {
-            tracing::info!(method = %request.method(), path = request.uri().path(), "refused plain HTTP request: no --web directory");
-            let mut response = error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
-                None,
-                "This port serves WebSocket connections only (start websockify with --web DIR to serve files).",
-            );
-            response
-                .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET"));
-            return into_web(response);
-        };
-        if shared.config.web_auth
-            && let Err(reject) = shared.auth.check(request.headers(), client_cert)
-        {
-            return reject_response(&reject, request.uri().path());
+        let web = shared.web.as_ref().ok_or(Reject::WebSocketOnly)?;
+        if shared.config.web_auth {
+            shared
+                .auth
+                .check(request.headers(), client_cert)
+                .map_err(Reject::Auth)?;
         }
-        return web.serve(&request).await;
+        return Ok(web.serve(request).await);
     }
-    let accept = match handshake::accept(request.headers()) {
-        Ok(accept) => accept,
-        Err(err) => {
-            tracing::info!(
-                path = request.uri().path(),
-                "refused WebSocket handshake: {err}"
-            );
-            let mut response = error_response(
-                StatusCode::BAD_REQUEST,
-                Some(&err.to_string()),
-                &err.to_string(),
-            );
-            if matches!(err, HandshakeError::UnsupportedVersion(_)) {
-                response.headers_mut().insert(
-                    header::SEC_WEBSOCKET_VERSION,
-                    HeaderValue::from_static("13"),
-                );
-            }
-            return into_web(response);
-        }
-    };
-    // Authentication first: unauthenticated clients must not probe tokens or load a backend.
-    if let Err(reject) = shared.auth.check(request.headers(), client_cert) {
-        return reject_response(&reject, request.uri().path());
-    }
+    let accept = handshake::accept(request.headers()).map_err(Reject::Handshake)?;
+    shared
+        .auth
+        .check(request.headers(), client_cert)
+        .map_err(Reject::Auth)?;
     let target = match &shared.tokens {
         None => shared.config.target.clone(),
-        Some(tokens) => match choose_target(tokens, &request, shared).await {
-            Ok(target) => target,
-            Err(response) => return response,
-        },
+        Some(tokens) => choose_target(tokens, request, shared).await?,
     };
-    let path = request.uri().path().to_owned();
-    let on_upgrade = hyper::upgrade::on(&mut request);
+    let pending = PendingUpgrade {
+        on_upgrade: hyper::upgrade::on(&mut *request),
+        mode: accept.mode,
+        path: request.uri().path().to_owned(),
+        protocol: accept.protocol,
+        target,
+    };
     if let Ok(mut slot) = context.slot.lock() {
-        *slot = Some(PendingUpgrade {
-            on_upgrade,
-            mode: accept.mode,
-            path,
-            protocol: accept.protocol,
-            target,
-        });
+        *slot = Some(pending);
     }
-    let mut response = Response::new(full_body(Bytes::new()));
+    Ok(switching_protocols(&accept))
+}
+
+/// The 101 that completes the WebSocket handshake.
+fn switching_protocols(accept: &Accept) -> Response<Body> {
+    let mut response = Response::new(empty_body());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
     headers.insert(header::SERVER, HeaderValue::from_static(SERVER));
@@ -230,106 +214,60 @@ async fn choose_target(
     tokens: &Tokens,
     request: &Request<Incoming>,
     shared: &Shared,
-) -> Result<Target, Response<WebBody>> {
+) -> Result<Target, Reject> {
     let host_token = shared.config.token.as_ref().is_some_and(|t| t.host_token);
-    let Some(token) = token::token_from_request(request.uri(), request.headers(), host_token)
-    else {
-        tracing::info!("refused WebSocket connection: Token not present");
-        let where_ = if host_token {
-            "Host header"
-        } else {
-            "?token= query parameter"
-        };
-        return Err(into_web(error_response(
-            StatusCode::BAD_REQUEST,
-            Some("Token not present"),
-            &format!(
-                "This server picks the target by a token in the {where_}, and the request has none."
-            ),
-        )));
-    };
+    let token = token::token_from_request(request.uri(), request.headers(), host_token).ok_or(
+        Reject::TokenMissing {
+            looked_in: if host_token {
+                "Host header"
+            } else {
+                "?token= query parameter"
+            },
+        },
+    )?;
     let tag = token::token_tag(&token);
     match tokens.lookup(&token).await {
         Ok(Some(target)) => {
             tracing::info!(token = %tag, "token resolved to {target}");
             Ok(target)
         }
-        Ok(None) => {
-            tracing::info!(token = %tag, "refused WebSocket connection: Token not found");
-            Err(into_web(error_response(
-                StatusCode::NOT_FOUND,
-                Some("Token not found"),
-                "The token in this request is unknown or no longer valid.",
-            )))
-        }
-        Err(err) => {
-            tracing::warn!(token = %tag, "token lookup failed: {err}");
-            Err(into_web(error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some("Token lookup failed"),
-                "The token backend could not be asked; try again later.",
-            )))
-        }
+        Ok(None) => Err(Reject::TokenUnknown { tag }),
+        Err(err) => Err(Reject::TokenUnavailable {
+            tag,
+            error: err.to_string(),
+        }),
     }
 }
 
-/// The response for a failed authentication check, with the plugin's headers.
-fn reject_response(reject: &AuthReject, path: &str) -> Response<WebBody> {
-    tracing::info!(
-        path,
-        status = reject.status.as_u16(),
-        "authentication refused: {}",
-        reject.log
-    );
-    let mut response = error_response(reject.status, Some(reject.reason), reject.reason);
-    for (name, value) in &reject.headers {
-        response.headers_mut().insert(name.clone(), value.clone());
-    }
-    into_web(response)
-}
-
-/// A small HTML error page that closes the connection; `reason` replaces the standard
-/// reason phrase (upstream puts its error text there).
-pub fn error_response(
-    status: StatusCode,
-    reason: Option<&str>,
-    message: &str,
-) -> Response<Full<Bytes>> {
-    let body = format!(
-        "<!DOCTYPE html>\n<html><head><title>{code} {text}</title></head>\n<body><h1>{code} {text}</h1>\n<p>{message}</p></body></html>\n",
-        code = status.as_u16(),
-        text = html_escape(reason.unwrap_or(status.canonical_reason().unwrap_or(""))),
-        message = html_escape(message),
-    );
-    let mut response = Response::new(Full::new(Bytes::from(body)));
-    *response.status_mut() = status;
-    if let Some(reason) = reason
-        && let Ok(phrase) = hyper::ext::ReasonPhrase::try_from(reason.as_bytes().to_vec())
-    {
-        response.extensions_mut().insert(phrase);
-    }
-    let headers = response.headers_mut();
-    headers.insert(header::SERVER, HeaderValue::from_static(SERVER));
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
-}
-
-/// Escapes text for HTML.
-pub fn html_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '&' => out.push_str("&amp;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#x27;"),
-            c => out.push(c),
+/// One log line per refused request: the detail the client is not told.
+fn log_refusal(reject: &Reject, request: &Request<Incoming>) {
+    let path = request.uri().path();
+    match reject {
+        Reject::WebSocketOnly => tracing::info!(
+            method = %request.method(),
+            path,
+            "refused plain HTTP request: no --web directory"
+        ),
+        Reject::Handshake(err) => tracing::info!(path, "refused WebSocket handshake: {err}"),
+        Reject::Auth(reject) => tracing::info!(
+            path,
+            status = reject.status.as_u16(),
+            "authentication refused: {}",
+            reject.log
+        ),
+        Reject::TokenMissing { .. } => {
+            tracing::info!(path, "refused WebSocket connection: Token not present")
         }
+        Reject::TokenUnknown { tag } => {
+            tracing::info!(token = %tag, "refused WebSocket connection: Token not found")
+        }
+        Reject::TokenUnavailable { tag, error } => {
+            tracing::warn!(token = %tag, "token lookup failed: {error}")
+        }
+        // The file server's refusals are part of its debug line.
+        Reject::FileNotFound
+        | Reject::MethodNotAllowed
+        | Reject::NotImplemented(_)
+        | Reject::FileUnreadable => {}
     }
-    out
 }

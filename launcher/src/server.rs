@@ -4,40 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::auth::Auth;
 use crate::config::Config;
 use crate::listen::Listener;
-use crate::record::Recorder;
-use crate::tls::{self, TlsServer};
-use crate::token::Tokens;
-use crate::web::WebRoot;
-
-/// Read-only state every connection sees. The TLS config cache inside [`TlsServer`] is the
-/// only thing in here that changes, and only when the certificate file does.
-pub struct Shared {
-    pub config: Config,
-    pub tls: TlsServer,
-    /// `--web`: the static file root.
-    pub web: Option<WebRoot>,
-    /// Authentication (always present; empty when nothing is configured).
-    pub auth: Auth,
-    /// `--token-plugin`: the token backend.
-    pub tokens: Option<Tokens>,
-    /// `--record`: hands out one recording per session.
-    pub recorder: Option<Recorder>,
-    pub target_tls: Option<TlsConnector>,
-    /// Cancelled on SIGINT/SIGTERM: sessions send close 1001.
-    pub shutdown: CancellationToken,
-    /// Cancelled by the first WebSocket session under `--run-once`.
-    pub stop_accepting: CancellationToken,
-}
+use crate::state::Shared;
 
 /// Serves `listener` until `shutdown` is cancelled or a lifecycle option ends the server.
 pub async fn run(
@@ -46,49 +20,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut listener = listener.into();
-    let tls = TlsServer::new(&config.tls).context("TLS settings")?;
-    if tls.cert_present()
-        && let Err(err) = tls.check()
-    {
-        tracing::warn!("TLS connections will fail until this is fixed: {err}");
-    }
-    let target_tls = if config.ssl_target {
-        Some(tls::target_connector().context("--ssl-target")?)
-    } else {
-        None
-    };
-    let web = config
-        .web
-        .as_ref()
-        .map(|web| WebRoot::new(&web.dir, web.file_only))
-        .transpose()?;
-    let auth = Auth::new(
-        config.auth.plugin.as_deref(),
-        config.auth.source.as_deref(),
-        &config.auth.allowed_origins,
-    )?;
-    if auth.plugin_name() == Some("ClientCertCNAuth") && !config.tls.verify_client {
-        tracing::warn!(
-            "ClientCertCNAuth needs --verify-client: without it no client presents a certificate and every connection is refused"
-        );
-    }
-    let tokens = config
-        .token
-        .as_ref()
-        .map(|t| Tokens::new(&t.plugin, t.source.as_deref()))
-        .transpose()?;
-    let recorder = config.record.as_deref().map(Recorder::new).transpose()?;
-    let shared = Arc::new(Shared {
-        config,
-        tls,
-        web,
-        auth,
-        tokens,
-        recorder,
-        target_tls,
-        shutdown: shutdown.clone(),
-        stop_accepting: CancellationToken::new(),
-    });
+    let shared = Arc::new(Shared::new(config, shutdown.clone())?);
     let config = &shared.config;
     let tracker = TaskTracker::new();
     let stop_at = config.timeout.map(|t| Instant::now() + t);

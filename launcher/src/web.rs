@@ -34,30 +34,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::BodyExt as _;
 use hyper::body::Body as _;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, percent_encode};
 use tower_http::services::ServeFile;
 
-use crate::request::{SERVER, error_response, html_escape};
-
-/// The response body type: boxed, so files stream and small pages are in memory.
-pub type WebBody = http_body_util::combinators::UnsyncBoxBody<Bytes, io::Error>;
-
-/// Boxes an in-memory page as a [`WebBody`].
-pub fn full_body(bytes: impl Into<Bytes>) -> WebBody {
-    Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
-}
-
-/// An empty [`WebBody`].
-fn empty_body() -> WebBody {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
-}
+use crate::response::{Body, Reject, SERVER, empty_body, full_body, html_escape};
 
 /// Bytes kept as they are when a name goes into a link or a `Location`: the RFC 3986
 /// unreserved set. Everything else is encoded, so a name like `a:b` cannot read as a scheme.
@@ -112,7 +96,7 @@ impl WebRoot {
     }
 
     /// Answers one non-upgrade request (any method) for a file under the root.
-    pub async fn serve(&self, request: &Request<impl Sized>) -> Response<WebBody> {
+    pub async fn serve(&self, request: &Request<impl Sized>) -> Response<Body> {
         let method = request.method();
         let uri = request.uri();
         let mut response = self.respond(method, uri, request.headers()).await;
@@ -132,12 +116,12 @@ impl WebRoot {
     }
 
     /// Chooses the response; `serve` adds the headers every response carries.
-    async fn respond(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Response<WebBody> {
+    async fn respond(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> Response<Body> {
         if method != Method::GET && method != Method::HEAD {
             return if KNOWN_METHODS.contains(method) {
-                method_not_allowed()
+                Reject::MethodNotAllowed.response()
             } else {
-                not_implemented(method)
+                Reject::NotImplemented(method.clone()).response()
             };
         }
         let raw = uri.path();
@@ -145,15 +129,15 @@ impl WebRoot {
             Ok(path) => path,
             Err(reason) => {
                 tracing::debug!(path = raw, "refused web path: {reason}");
-                return not_found();
+                return Reject::FileNotFound.response();
             }
         };
         match self.resolve(path.join(&self.root)).await {
-            Resolved::Missing => not_found(),
+            Resolved::Missing => Reject::FileNotFound.response(),
             Resolved::File(file) => {
                 // `/file.txt/` names a directory that does not exist (upstream: 404 too).
                 if path.trailing_slash {
-                    return not_found();
+                    return Reject::FileNotFound.response();
                 }
                 let name = path
                     .segments
@@ -174,7 +158,7 @@ impl WebRoot {
                     }
                 }
                 if self.file_only {
-                    return not_found();
+                    return Reject::FileNotFound.response();
                 }
                 listing(&dir, &path).await
             }
@@ -325,7 +309,7 @@ async fn serve_file(
     content_type: &'static str,
     method: &Method,
     headers: &HeaderMap,
-) -> Response<WebBody> {
+) -> Response<Body> {
     // `ServeFile` takes a request by value; it reads only the method and the headers
     // (Range, If-Modified-Since and the other preconditions).
     let mut request = Request::new(());
@@ -338,7 +322,9 @@ async fn serve_file(
         .try_call(request)
         .await;
     match result {
-        Ok(response) if response.status() == StatusCode::NOT_FOUND => not_found(),
+        Ok(response) if response.status() == StatusCode::NOT_FOUND => {
+            Reject::FileNotFound.response()
+        }
         Ok(response) => {
             let mut response = response.map(|body| body.boxed_unsync());
             if matches!(
@@ -359,27 +345,23 @@ async fn serve_file(
                     | io::ErrorKind::NotADirectory
             ) =>
         {
-            not_found()
+            Reject::FileNotFound.response()
         }
         Err(err) => {
             tracing::warn!(file = %file.display(), "cannot read web file: {err}");
-            into_web(error_response(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                None,
-                "The file could not be read.",
-            ))
+            Reject::FileUnreadable.response()
         }
     }
 }
 
 /// An HTML listing of `dir` (hidden entries left out, names sorted, escaped and encoded).
-async fn listing(dir: &Path, path: &RequestPath) -> Response<WebBody> {
+async fn listing(dir: &Path, path: &RequestPath) -> Response<Body> {
     let mut entries: Vec<(String, Vec<u8>, bool)> = Vec::new();
     let mut reader = match tokio::fs::read_dir(dir).await {
         Ok(reader) => reader,
         Err(err) => {
             tracing::debug!(dir = %dir.display(), "cannot list web directory: {err}");
-            return not_found();
+            return Reject::FileNotFound.response();
         }
     };
     loop {
@@ -388,7 +370,7 @@ async fn listing(dir: &Path, path: &RequestPath) -> Response<WebBody> {
             Ok(None) => break,
             Err(err) => {
                 tracing::debug!(dir = %dir.display(), "cannot list web directory: {err}");
-                return not_found();
+                return Reject::FileNotFound.response();
             }
         };
         let name = entry.file_name().as_bytes().to_vec();
@@ -425,7 +407,7 @@ async fn listing(dir: &Path, path: &RequestPath) -> Response<WebBody> {
 }
 
 /// 301 to the clean directory path with `/` (and the query, which the page may need).
-fn redirect(path: &RequestPath, query: Option<&str>) -> Response<WebBody> {
+fn redirect(path: &RequestPath, query: Option<&str>) -> Response<Body> {
     // Starts with exactly one `/`: segments are non-empty, so `//host` cannot appear.
     let location = path.url_dir();
     let with_query = query.map(|query| format!("{location}?{query}"));
@@ -443,47 +425,8 @@ fn redirect(path: &RequestPath, query: Option<&str>) -> Response<WebBody> {
     response
 }
 
-/// 404 `File not found` (upstream's text); unlike other errors the connection stays open.
-fn not_found() -> Response<WebBody> {
-    let mut response = into_web(error_response(
-        StatusCode::NOT_FOUND,
-        Some("File not found"),
-        "File not found",
-    ));
-    response.headers_mut().remove(header::CONNECTION);
-    response
-}
-
-/// 405 for methods we know but do not serve.
-fn method_not_allowed() -> Response<WebBody> {
-    let mut response = into_web(error_response(
-        StatusCode::METHOD_NOT_ALLOWED,
-        None,
-        "Only GET and HEAD are served here.",
-    ));
-    response
-        .headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-    response
-}
-
-/// 501 for methods we do not know, with upstream's reason text.
-fn not_implemented(method: &Method) -> Response<WebBody> {
-    let text = format!("Unsupported method ('{method}')");
-    into_web(error_response(
-        StatusCode::NOT_IMPLEMENTED,
-        Some(&text),
-        &text,
-    ))
-}
-
-/// Boxes the body of a page from `error_response`.
-pub fn into_web(response: Response<Full<Bytes>>) -> Response<WebBody> {
-    response.map(|body| body.map_err(|never| match never {}).boxed_unsync())
-}
-
 /// For HEAD: keep the headers (with the length the body would have had), drop the body.
-fn strip_body(response: &mut Response<WebBody>) {
+fn strip_body(response: &mut Response<Body>) {
     if response.status() != StatusCode::NOT_MODIFIED
         && !response.headers().contains_key(header::CONTENT_LENGTH)
         && let Some(length) = response.body().size_hint().exact()
@@ -500,6 +443,7 @@ mod tests {
     use std::future::Future;
     use std::time::Duration;
 
+    use bytes::Bytes;
     use hyper::server::conn::http1;
     use hyper::service::service_fn;
     use hyper_util::rt::TokioIo;
@@ -544,7 +488,7 @@ mod tests {
         reply(web.serve(&request).await).await
     }
 
-    async fn reply(response: Response<WebBody>) -> Reply {
+    async fn reply(response: Response<Body>) -> Reply {
         let (parts, body) = response.into_parts();
         let body = body.collect().await.expect("body reads").to_bytes();
         Reply {
