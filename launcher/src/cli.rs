@@ -1,4 +1,4 @@
-//! Command line: upstream's optparse grammar, read with clap, validated into [`Options`].
+//! Command line: upstream's optparse grammar, read with clap, validated into [`Settings`].
 //!
 //! Python websockify parses argv with `optparse`, and scripts such as noVNC's `novnc_proxy`
 //! depend on its quirks: options after the positionals, `--opt=value`, unique prefixes of long
@@ -12,82 +12,19 @@ use std::time::Duration;
 
 use clap::{Arg, ArgAction, Args, Command, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
-use crate::config::{Config, Listen, SslVersion, Target};
+use crate::config::{
+    AuthSettings, Config, Listen, Settings, SslVersion, Target, TokenSettings, WebSettings,
+    WrapMode, WrapSettings,
+};
+use crate::logging::LogSettings;
 
 /// Result of parsing argv.
 #[derive(Debug)]
 pub enum Parsed {
     /// Run the server.
-    Run(Box<Options>),
+    Run(Box<Settings>),
     /// `-h/--help` or `--version`: print this text (it ends with a newline) to stdout, exit 0.
     Print(String),
-}
-
-/// What to do when the wrapped program exits (`--wrap-mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
-pub enum WrapMode {
-    /// Exit websockify too (upstream exits with status 0 whatever the child returned).
-    #[default]
-    Exit,
-    /// Keep serving; connections fail until the program listens again.
-    Ignore,
-    /// Start the program again, at most three times in ten seconds.
-    Respawn,
-}
-
-/// Everything the command line said, already validated. Fields for every upstream option.
-#[derive(Debug, Clone)]
-pub struct Options {
-    /// Listen address, target, TLS and timing settings for the server.
-    pub config: Config,
-    /// `-v`: debug-level logging.
-    pub verbose: bool,
-    /// `--traffic`: per-frame traffic tokens on stdout.
-    pub traffic: bool,
-    /// `--record FILE`: record each session to `FILE.<n>`.
-    pub record: Option<PathBuf>,
-    /// `-D`: run in the background.
-    pub daemon: bool,
-    /// `--web DIR`: serve static files from DIR on the listening port.
-    pub web: Option<PathBuf>,
-    /// `--web-auth`: run the auth plugin for web requests too.
-    pub web_auth: bool,
-    /// `--file-only`: no directory listings.
-    pub file_only: bool,
-    /// `--wrap-mode`.
-    pub wrap_mode: WrapMode,
-    /// The wrapped program and its arguments; empty unless `--` was given.
-    pub wrap_command: Vec<String>,
-    /// `--unix-listen FILE`: listen on a Unix socket instead of TCP.
-    pub unix_listen: Option<PathBuf>,
-    /// `--unix-listen-mode`, parsed as octal; 0o600 by default.
-    pub unix_listen_mode: u32,
-    /// `--inetd`: the listening socket is standard input.
-    pub inetd: bool,
-    /// `--libserver`: accepted for compatibility.
-    pub libserver: bool,
-    /// `--target-config FILE` as given (it also sets `token_plugin`/`token_source`).
-    pub target_config: Option<PathBuf>,
-    /// `--token-plugin CLASS` (`TokenFile` when `--target-config` was given).
-    pub token_plugin: Option<String>,
-    /// `--token-source ARG` (the `--target-config` file when that was given).
-    pub token_source: Option<String>,
-    /// `--host-token`: the token is the `Host` header.
-    pub host_token: bool,
-    /// `--auth-plugin CLASS`.
-    pub auth_plugin: Option<String>,
-    /// `--auth-source ARG`.
-    pub auth_source: Option<String>,
-    /// `--allowed-origin "ORIGIN ..."` (beyond upstream): browser origins allowed to connect.
-    pub allowed_origins: Vec<String>,
-    /// `--log-file FILE`.
-    pub log_file: Option<PathBuf>,
-    /// `--syslog SERVER`: a Unix socket path, or UDP `host:port` (port already checked).
-    pub syslog: Option<String>,
-    /// `--legacy-syslog`: RFC 3164 instead of RFC 5424.
-    pub legacy_syslog: bool,
-    /// `--pid-file FILE` (beyond upstream).
-    pub pid_file: Option<PathBuf>,
 }
 
 /// A usage error: printed as upstream's usage block, then `websockify: error: <message>`, exit 2.
@@ -198,8 +135,8 @@ struct TargetArgs {
     #[arg(long)]
     ssl_target: bool,
     /// When the wrapped program exits: exit, ignore or respawn
-    #[arg(long, value_name = "MODE", default_value = "exit", value_parser = choice::<WrapMode>("--wrap-mode"))]
-    wrap_mode: WrapMode,
+    #[arg(long, value_name = "MODE", default_value = "exit", value_parser = choice::<WrapChoice>("--wrap-mode"))]
+    wrap_mode: WrapChoice,
 }
 
 #[derive(Args, Debug)]
@@ -335,6 +272,24 @@ impl From<SslChoice> for SslVersion {
             SslChoice::Tlsv1_1 => SslVersion::Tlsv1_1,
             SslChoice::Tlsv1_2 => SslVersion::Tlsv1_2,
             SslChoice::Tlsv1_3 => SslVersion::Tlsv1_3,
+        }
+    }
+}
+
+/// `--wrap-mode` values; the runtime's [`WrapMode`] stays free of clap types.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum WrapChoice {
+    Exit,
+    Ignore,
+    Respawn,
+}
+
+impl From<WrapChoice> for WrapMode {
+    fn from(choice: WrapChoice) -> Self {
+        match choice {
+            WrapChoice::Exit => WrapMode::Exit,
+            WrapChoice::Ignore => WrapMode::Ignore,
+            WrapChoice::Respawn => WrapMode::Respawn,
         }
     }
 }
@@ -593,7 +548,7 @@ where
     let cli = Cli::from_arg_matches(&matches).map_err(from_clap)?;
     // Upstream: `if sys.argv.count('--'): wrap_cmd = args[1:]`.
     let wrap = args.iter().any(|a| a == "--");
-    build(cli, wrap).map(|options| Parsed::Run(Box::new(options)))
+    build(cli, wrap).map(|settings| Parsed::Run(Box::new(settings)))
 }
 
 /// Python treats an empty option value like a missing one (`if opts.web:`).
@@ -623,7 +578,7 @@ fn octal(text: &str) -> Option<u32> {
 }
 
 /// Upstream's checks after `parse_args()`, in upstream's order.
-fn build(cli: Cli, wrap: bool) -> Result<Options, UsageError> {
+fn build(cli: Cli, wrap: bool) -> Result<Settings, UsageError> {
     let Cli {
         listen: l,
         target: t,
@@ -679,19 +634,18 @@ fn build(cli: Cli, wrap: bool) -> Result<Options, UsageError> {
 
     let mut args = positionals.into_iter();
     let too_few = || UsageError::new("Too few arguments");
-    let unix_listen = given(l.unix_listen);
-    let mut unix_listen_mode = 0o600;
-    let mut listen = Listen::Tcp {
-        host: None,
-        port: 0,
-        prefer_ipv6: l.prefer_ipv6,
-    };
-    // With --inetd or --unix-listen there is no listen argument; `listen` stays a placeholder.
-    if l.inetd {
-    } else if unix_listen.is_some() {
-        if let Some(mode) = given(l.unix_listen_mode) {
-            let bad = || UsageError::new("Error parsing listen unix socket mode");
-            unix_listen_mode = octal(&mode).ok_or_else(bad)?;
+    // With --inetd or --unix-listen there is no listen argument.
+    let listen = if l.inetd {
+        Listen::Inetd
+    } else if let Some(path) = given(l.unix_listen) {
+        let mode = match given(l.unix_listen_mode) {
+            Some(mode) => octal(&mode)
+                .ok_or_else(|| UsageError::new("Error parsing listen unix socket mode"))?,
+            None => 0o600,
+        };
+        Listen::Unix {
+            path: PathBuf::from(path),
+            mode,
         }
     } else {
         let arg = args.next().ok_or_else(too_few)?;
@@ -699,12 +653,12 @@ fn build(cli: Cli, wrap: bool) -> Result<Options, UsageError> {
             Some((host, text)) => (Some(host).filter(|h| !h.is_empty()), text),
             None => (None, arg.as_str()),
         };
-        listen = Listen::Tcp {
+        Listen::Tcp {
             host,
             port: port(text, "Error parsing listen port")?,
             prefer_ipv6: l.prefer_ipv6,
-        };
-    }
+        }
+    };
 
     let unix_target = given(t.unix_target);
     let target = if let Some(path) = &unix_target {
@@ -746,28 +700,16 @@ fn build(cli: Cli, wrap: bool) -> Result<Options, UsageError> {
     config.run_once = life.run_once;
     config.timeout = secs(life.timeout);
     config.idle_timeout = secs(life.idle_timeout);
-
-    Ok(Options {
-        config,
-        verbose: log.verbose,
-        traffic: log.traffic,
-        record: given(log.record).map(PathBuf::from),
-        daemon: life.daemon,
-        web: web.map(PathBuf::from),
-        web_auth: w.web_auth,
+    config.record = given(log.record).map(PathBuf::from);
+    config.traffic = log.traffic;
+    config.web = web.map(|dir| WebSettings {
+        dir: PathBuf::from(dir),
         file_only: w.file_only,
-        wrap_mode: t.wrap_mode,
-        wrap_command,
-        unix_listen: unix_listen.map(PathBuf::from),
-        unix_listen_mode,
-        inetd: l.inetd,
-        libserver: life.libserver,
-        target_config: target_config.map(PathBuf::from),
-        token_plugin,
-        token_source,
-        host_token: w.host_token,
-        auth_plugin,
-        auth_source,
+    });
+    config.web_auth = w.web_auth;
+    config.auth = AuthSettings {
+        plugin: auth_plugin,
+        source: auth_source,
         allowed_origins: w
             .allowed_origin
             .iter()
@@ -775,10 +717,29 @@ fn build(cli: Cli, wrap: bool) -> Result<Options, UsageError> {
             .filter(|o| !o.is_empty())
             .map(str::to_owned)
             .collect(),
-        log_file: given(log.log_file).map(PathBuf::from),
-        syslog,
-        legacy_syslog: log.legacy_syslog,
+    };
+    config.token = token_plugin.map(|plugin| TokenSettings {
+        plugin,
+        source: token_source,
+        host_token: w.host_token,
+    });
+
+    Ok(Settings {
+        server: config,
+        log: LogSettings {
+            verbose: log.verbose,
+            log_file: given(log.log_file).map(PathBuf::from),
+            syslog,
+            legacy_syslog: log.legacy_syslog,
+            daemon: life.daemon,
+        },
+        daemon: life.daemon,
         pid_file: given(life.pid_file).map(PathBuf::from),
+        wrap: (!wrap_command.is_empty()).then(|| WrapSettings {
+            command: wrap_command,
+            mode: t.wrap_mode.into(),
+        }),
+        libserver: life.libserver,
     })
 }
 
@@ -791,7 +752,7 @@ mod tests {
         parse(std::iter::once("websockify").chain(line.split_whitespace()))
     }
 
-    fn run(line: &str) -> Options {
+    fn run(line: &str) -> Settings {
         match parse_line(line) {
             Ok(Parsed::Run(options)) => *options,
             other => panic!("expected options for {line:?}, got {other:?}"),
@@ -837,28 +798,30 @@ mod tests {
              --heartbeat 30 --idle-timeout 60 --record /tmp/rec --timeout 10 --web-auth \
              --auth-plugin BasicHTTPAuth --auth-source user:pass"
         ));
-        assert_eq!(o.config.listen, listen(None, 6080));
-        assert_eq!(o.config.target, tcp("localhost", 5900));
-        assert_eq!(o.web, Some(PathBuf::from("/usr/share/novnc")));
-        assert_eq!(o.config.tls.cert, PathBuf::from(EXISTING));
-        assert_eq!(o.config.tls.key, Some(PathBuf::from("/k.pem")));
-        assert_eq!(o.config.heartbeat, SECS(30));
-        assert_eq!(o.config.idle_timeout, SECS(60));
-        assert_eq!(o.config.timeout, SECS(10));
-        assert_eq!(o.record, Some(PathBuf::from("/tmp/rec")));
-        assert!(o.file_only && o.web_auth && o.wrap_command.is_empty());
-        assert_eq!(o.auth_plugin.as_deref(), Some("BasicHTTPAuth"));
-        assert_eq!(o.auth_source.as_deref(), Some("user:pass"));
+        assert_eq!(o.server.listen, listen(None, 6080));
+        assert_eq!(o.server.target, tcp("localhost", 5900));
+        let web = o.server.web.as_ref().unwrap();
+        assert_eq!(web.dir, PathBuf::from("/usr/share/novnc"));
+        assert_eq!(o.server.tls.cert, PathBuf::from(EXISTING));
+        assert_eq!(o.server.tls.key, Some(PathBuf::from("/k.pem")));
+        assert_eq!(o.server.heartbeat, SECS(30));
+        assert_eq!(o.server.idle_timeout, SECS(60));
+        assert_eq!(o.server.timeout, SECS(10));
+        assert_eq!(o.server.record, Some(PathBuf::from("/tmp/rec")));
+        assert!(web.file_only && o.server.web_auth && o.wrap.is_none());
+        assert_eq!(o.server.auth.plugin.as_deref(), Some("BasicHTTPAuth"));
+        assert_eq!(o.server.auth.source.as_deref(), Some("user:pass"));
     }
 
     #[test]
     fn defaults_match_upstream() {
         let o = run("6080 localhost:5900");
-        assert_eq!(o.config.tls, crate::config::TlsSettings::default());
-        let c = &o.config;
+        assert_eq!(o.server.tls, crate::config::TlsSettings::default());
+        let c = &o.server;
         assert_eq!((c.heartbeat, c.timeout, c.idle_timeout), (None, None, None));
-        assert_eq!((o.wrap_mode, o.unix_listen_mode), (WrapMode::Exit, 0o600));
-        assert!(!o.verbose && !o.daemon && !c.run_once && !c.ssl_target && !o.inetd);
+        assert_eq!(o.wrap, None);
+        assert!(!o.log.verbose && !o.daemon && !c.run_once && !c.ssl_target);
+        assert!(matches!(c.listen, Listen::Tcp { .. }));
     }
 
     #[test]
@@ -868,38 +831,39 @@ mod tests {
              --cafile=/ca.pem --ssl-target --run-once --traffic --log-file /l --syslog=loghost:514 \
              --legacy-syslog --libserver [::1]:6080 host:1",
         );
-        let tls = &o.config.tls;
+        let tls = &o.server.tls;
         assert_eq!(tls.min_version, SslVersion::Tlsv1_3);
         assert_eq!(tls.ciphers.as_deref(), Some("HIGH"));
         assert_eq!(tls.key_password.as_deref(), Some("pw"));
         assert_eq!(tls.cafile, Some(PathBuf::from("/ca.pem")));
-        assert!(tls.verify_client && o.config.ssl_target && o.config.run_once);
-        assert!(o.verbose && o.daemon && o.traffic && o.legacy_syslog && o.libserver);
-        assert_eq!(o.syslog.as_deref(), Some("loghost:514"));
-        assert_eq!(o.log_file, Some(PathBuf::from("/l")));
+        assert!(tls.verify_client && o.server.ssl_target && o.server.run_once);
+        assert!(o.log.verbose && o.daemon && o.log.daemon && o.server.traffic);
+        assert!(o.log.legacy_syslog && o.libserver);
+        assert_eq!(o.log.syslog.as_deref(), Some("loghost:514"));
+        assert_eq!(o.log.log_file, Some(PathBuf::from("/l")));
         let expected = Listen::Tcp {
             host: Some("::1".into()),
             port: 6080,
             prefer_ipv6: true,
         };
-        assert_eq!(o.config.listen, expected);
+        assert_eq!(o.server.listen, expected);
     }
 
     #[test]
     fn treats_values_like_optparse() {
         // A value may start with '-'; an empty value counts as not given; the last one wins.
         let o = run("--record -x --web= -vv --heartbeat=1 --heartbeat 2 6080 h:1");
-        assert_eq!(o.record, Some(PathBuf::from("-x")));
-        assert_eq!((o.web, o.verbose), (None, true));
-        assert_eq!(o.config.heartbeat, SECS(2));
+        assert_eq!(o.server.record, Some(PathBuf::from("-x")));
+        assert_eq!((o.server.web, o.log.verbose), (None, true));
+        assert_eq!(o.server.heartbeat, SECS(2));
     }
 
     #[test]
     fn accepts_unique_prefixes_of_long_options() {
         let o = run("--verb --idle-t 1 --heart=5 6080 h:1");
-        assert!(o.verbose);
+        assert!(o.log.verbose);
         assert_eq!(
-            (o.config.idle_timeout, o.config.heartbeat),
+            (o.server.idle_timeout, o.server.heartbeat),
             (SECS(1), SECS(5))
         );
     }
@@ -928,61 +892,67 @@ mod tests {
         ];
         for (arg, host, port) in cases {
             assert_eq!(
-                run(&format!("{arg} h:1")).config.listen,
+                run(&format!("{arg} h:1")).server.listen,
                 listen(host, port),
                 "{arg}"
             );
         }
-        assert_eq!(run("6080 [::1]:5900").config.target, tcp("::1", 5900));
-        assert_eq!(run("6080 fe80::1:5900").config.target, tcp("fe80::1", 5900));
+        assert_eq!(run("6080 [::1]:5900").server.target, tcp("::1", 5900));
+        assert_eq!(run("6080 fe80::1:5900").server.target, tcp("fe80::1", 5900));
     }
 
     #[test]
     fn parses_wrap_command_after_double_dash() {
+        let wrap = |o: &Settings| o.wrap.clone().expect("a wrapped program");
         let o = run("5901 --wrap-mode=ignore -- vncserver -v :1");
-        assert_eq!((o.wrap_mode, o.verbose), (WrapMode::Ignore, false));
-        assert_eq!(o.wrap_command, ["vncserver", "-v", ":1"]);
-        assert_eq!(o.config.listen, listen(None, 5901));
-        assert_eq!(o.config.target, tcp("127.0.0.1", 0));
+        assert_eq!((wrap(&o).mode, o.log.verbose), (WrapMode::Ignore, false));
+        assert_eq!(wrap(&o).command, ["vncserver", "-v", ":1"]);
+        assert_eq!(o.server.listen, listen(None, 5901));
+        assert_eq!(o.server.target, tcp("127.0.0.1", 0));
         let o = run("5901 -- vncserver -geometry 1024x768 :1");
-        assert_eq!(o.wrap_command, ["vncserver", "-geometry", "1024x768", ":1"]);
+        assert_eq!(wrap(&o).mode, WrapMode::Exit);
+        assert_eq!(
+            wrap(&o).command,
+            ["vncserver", "-geometry", "1024x768", ":1"]
+        );
         // Upstream: positionals after the first one join the command too.
         let o = run("--wrap-mode respawn 5901 prog -- -x");
-        assert_eq!(o.wrap_mode, WrapMode::Respawn);
-        assert_eq!(o.wrap_command, ["prog", "-x"]);
+        assert_eq!(wrap(&o).mode, WrapMode::Respawn);
+        assert_eq!(wrap(&o).command, ["prog", "-x"]);
     }
 
     #[test]
     fn builds_targets_for_unix_socket_and_token_plugins() {
         let o = run("--unix-target /run/vnc.sock 6080");
-        assert_eq!(o.config.target, Target::Unix("/run/vnc.sock".into()));
+        assert_eq!(o.server.target, Target::Unix("/run/vnc.sock".into()));
         let o = run("--token-plugin TokenFile --token-source /t --host-token 6080");
-        assert_eq!(o.config.target, tcp("127.0.0.1", 0));
+        assert_eq!(o.server.target, tcp("127.0.0.1", 0));
+        let token = o.server.token.expect("token settings");
         assert_eq!(
-            (o.token_source.as_deref(), o.host_token),
+            (token.source.as_deref(), token.host_token),
             (Some("/t"), true)
         );
         let o = run("--token-plugin X --target-config /cfg 6080");
-        assert_eq!(o.token_plugin.as_deref(), Some("TokenFile"));
-        assert_eq!(o.token_source.as_deref(), Some("/cfg"));
-        assert_eq!(o.target_config, Some(PathBuf::from("/cfg")));
+        let token = o.server.token.expect("token settings");
+        assert_eq!(token.plugin, "TokenFile");
+        assert_eq!(token.source.as_deref(), Some("/cfg"));
     }
 
     #[test]
     fn inetd_and_unix_listen_skip_the_listen_argument() {
         let o = run("--inetd localhost:5900");
-        assert!(o.inetd);
-        assert_eq!(o.config.listen, listen(None, 0));
-        assert_eq!(o.config.target, tcp("localhost", 5900));
+        assert_eq!(o.server.listen, Listen::Inetd);
+        assert_eq!(o.server.target, tcp("localhost", 5900));
+        let unix = |path: &str, mode| Listen::Unix {
+            path: path.into(),
+            mode,
+        };
+        let o = run("--unix-listen=/s h:1");
+        assert_eq!(o.server.listen, unix("/s", 0o600));
         let o = run("--unix-listen=/s --unix-listen-mode 0750 h:1");
-        assert_eq!(
-            (o.unix_listen, o.unix_listen_mode),
-            (Some("/s".into()), 0o750)
-        );
-        assert_eq!(
-            run("--unix-listen=/s --unix-listen-mode=0o640 h:1").unix_listen_mode,
-            0o640
-        );
+        assert_eq!(o.server.listen, unix("/s", 0o750));
+        let o = run("--unix-listen=/s --unix-listen-mode=0o640 h:1");
+        assert_eq!(o.server.listen, unix("/s", 0o640));
     }
 
     #[test]
@@ -1095,7 +1065,7 @@ mod tests {
         }
         assert!(
             run(&format!("--ssl-only --cert {EXISTING} 6080 h:1"))
-                .config
+                .server
                 .tls
                 .ssl_only
         );

@@ -1,10 +1,51 @@
-//! Plain settings for one server: what the command line means, with no parser types in it.
+//! Plain settings: what the command line means, with no parser types in it.
 //!
-//! `cli` builds a [`Config`]; `main` binds the listener it describes; [`crate::run`] serves it.
-//! Tests build a `Config` by hand with [`Config::new`] and override the fields they need.
+//! `cli` builds [`Settings`] once: the server's [`Config`] and the process's options (logging,
+//! daemon, pid file, wrapped program), with no field in both. `main` binds the listener the
+//! config describes; [`crate::run`] serves it. Tests build a `Config` by hand with
+//! [`Config::new`] and override the fields they need.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use crate::logging::LogSettings;
+
+/// Everything the command line asks for.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// What the server does with connections.
+    pub server: Config,
+    /// Where the log goes (`-v`, `--log-file`, `--syslog`, `--legacy-syslog`).
+    pub log: LogSettings,
+    /// `-D`: detach and run in the background.
+    pub daemon: bool,
+    /// `--pid-file FILE` (beyond upstream).
+    pub pid_file: Option<PathBuf>,
+    /// `-- PROGRAM ARGS`: the program to wrap, if any.
+    pub wrap: Option<WrapSettings>,
+    /// `--libserver`: accepted for compatibility, with a warning that it does nothing.
+    pub libserver: bool,
+}
+
+/// The wrapped program (`-- PROGRAM ARGS`) and `--wrap-mode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrapSettings {
+    /// Program and arguments; never empty.
+    pub command: Vec<String>,
+    pub mode: WrapMode,
+}
+
+/// What to do when the wrapped program exits (`--wrap-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WrapMode {
+    /// Exit websockify too, with the program's status (upstream exits 0).
+    #[default]
+    Exit,
+    /// Keep serving; connections wait for the program to listen again.
+    Ignore,
+    /// Start the program again, at most three times in ten seconds.
+    Respawn,
+}
 
 /// Everything the server needs to know, decided before the first connection.
 #[derive(Debug, Clone)]
@@ -174,6 +215,53 @@ impl Config {
             auth: AuthSettings::default(),
             token: None,
         }
+    }
+}
+
+impl Settings {
+    /// Makes every path the process opens later absolute, as upstream does at start: the
+    /// daemon changes its directory to `/` (or the web root) before opening them.
+    pub fn make_paths_absolute(&mut self) -> anyhow::Result<()> {
+        fn abs(path: &mut PathBuf) -> anyhow::Result<()> {
+            *path = std::path::absolute(&*path)
+                .map_err(|e| anyhow::anyhow!("cannot resolve {}: {e}", path.display()))?;
+            Ok(())
+        }
+        self.log.resolve_paths()?;
+        let server = &mut self.server;
+        abs(&mut server.tls.cert)?;
+        let web = server.web.as_mut().map(|web| &mut web.dir);
+        let unix_listen = match &mut server.listen {
+            Listen::Unix { path, .. } => Some(path),
+            _ => None,
+        };
+        let unix_target = match &mut server.target {
+            Target::Unix(path) => Some(path),
+            _ => None,
+        };
+        for path in [
+            server.tls.key.as_mut(),
+            server.tls.cafile.as_mut(),
+            server.record.as_mut(),
+            web,
+            unix_listen,
+            unix_target,
+            self.pid_file.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            abs(path)?;
+        }
+        // File-based token sources; URLs and Redis specs are left alone.
+        if let Some(source) = server.token.as_mut().and_then(|t| t.source.as_mut())
+            && Path::new(source.as_str()).exists()
+        {
+            let mut path = PathBuf::from(&*source);
+            abs(&mut path)?;
+            *source = path.to_string_lossy().into_owned();
+        }
+        Ok(())
     }
 }
 

@@ -34,6 +34,7 @@ pub mod frame;
 pub mod handshake;
 pub mod listen;
 pub mod logging;
+pub mod process;
 pub mod record;
 pub mod relay;
 pub mod request;

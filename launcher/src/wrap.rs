@@ -22,8 +22,7 @@ use nix::unistd::Pid;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// What to do when the wrapped program exits (`--wrap-mode`).
-pub use crate::cli::WrapMode;
+use crate::config::{WrapMode, WrapSettings};
 
 /// `rebind.so`, built by `build.rs` and embedded so wrap mode needs no installed files.
 static EMBEDDED_REBIND: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rebind.so"));
@@ -182,8 +181,9 @@ pub enum WrapEnd {
 }
 
 impl Wrapper {
-    /// Prepares to wrap `command`: finds rebind.so and picks the loopback port.
-    pub fn new(command: Vec<String>, mode: WrapMode, public_port: u16) -> anyhow::Result<Wrapper> {
+    /// Prepares to wrap the program: finds rebind.so and picks the loopback port.
+    pub fn new(settings: WrapSettings, public_port: u16) -> anyhow::Result<Wrapper> {
+        let WrapSettings { command, mode } = settings;
         if command.is_empty() {
             bail!("no program to wrap after --");
         }

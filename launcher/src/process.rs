@@ -1,0 +1,195 @@
+//! The websockify process around the server: the runtime, the listening socket, signals, the
+//! wrapped program, and the exit status.
+//!
+//! `main` parses the command line, detaches (`-D`) and sets up logging; then [`run`] does the
+//! rest: pid file, async runtime, bind (or take the socket from systemd/inetd), the start-up
+//! banner, readiness (systemd, the `-D` launcher), [`crate::run`], and in wrap mode the
+//! supervision of the program. SIGINT/SIGTERM drain the sessions; a second one exits at once.
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Listen, Settings, Target};
+use crate::daemon::{Daemon, PidFile};
+use crate::listen::{self, Listener};
+use crate::wrap::{self, WrapEnd, Wrapper};
+
+/// Runs the server described by `settings` until it ends; returns the exit status.
+/// `daemon` is the channel to the waiting `-D` launcher; it is taken and told once start-up
+/// is done.
+pub fn run(settings: Settings, daemon: &mut Option<Daemon>) -> anyhow::Result<i32> {
+    raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(settings, daemon))
+}
+
+/// Binds, serves, and in wrap mode supervises the program; returns the exit status.
+async fn serve(settings: Settings, daemon: &mut Option<Daemon>) -> anyhow::Result<i32> {
+    let mut config = settings.server;
+    if settings.libserver {
+        tracing::warn!("--libserver has no effect: websockify always uses its own server engine");
+    }
+    let listener = match listen::from_systemd()? {
+        Some(listener) => {
+            tracing::info!(
+                "using the socket passed by systemd (LISTEN_FDS); the listen argument is ignored"
+            );
+            listener
+        }
+        None => listen::bind(&config.listen)?,
+    };
+    // Written once the port is ours: a second instance that cannot bind leaves the first
+    // one's pid file alone.
+    let _pid_file = settings
+        .pid_file
+        .as_deref()
+        .map(PidFile::create)
+        .transpose()?;
+    let local = listener.describe();
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone())?;
+
+    let Some(wrap_settings) = settings.wrap else {
+        banner(&config, &local, None);
+        ready(daemon);
+        crate::run(config, listener, shutdown).await?;
+        listen::sd_notify("STOPPING=1");
+        return Ok(0);
+    };
+    if matches!(config.listen, Listen::Tcp { port: 0, .. }) {
+        anyhow::bail!("wrapping a program needs the port it listens on, not 0");
+    }
+    // A wrapped program may take a while to start: sessions wait for it as long as the
+    // start-up check does.
+    config.connect_timeout = config.connect_timeout.max(wrap::LISTEN_DEADLINE);
+    let Listener::Tcp(tcp) = &listener else {
+        anyhow::bail!("wrapping a program needs a TCP listen port (not --unix-listen or --inetd)");
+    };
+    let public_port = tcp.local_addr()?.port();
+    let mut wrapper = Wrapper::new(wrap_settings, public_port)?;
+    config.target = Target::Loopback {
+        port: wrapper.loopback_port(),
+    };
+    banner(&config, &local, Some(&wrapper.describe()));
+    ready(daemon);
+
+    let mut server = std::pin::pin!(crate::run(config, listener, shutdown.clone()));
+    enum First {
+        Server(anyhow::Result<()>),
+        Wrapper(anyhow::Result<WrapEnd>),
+    }
+    let first = tokio::select! {
+        result = &mut server => First::Server(result),
+        end = wrapper.supervise(shutdown.clone()) => First::Wrapper(end),
+    };
+    let (server_result, code) = match first {
+        First::Server(result) => (result, 0),
+        First::Wrapper(end) => {
+            // The program ended the run (exit mode) or failed to start: close the sessions.
+            shutdown.cancel();
+            let code = match end {
+                Ok(WrapEnd::ProgramExited(code)) => code,
+                Ok(WrapEnd::Shutdown) => 0,
+                Err(err) => {
+                    let result = server.await;
+                    wrapper.stop().await;
+                    return result.and(Err(err));
+                }
+            };
+            (server.await, code)
+        }
+    };
+    wrapper.stop().await;
+    server_result.map(|()| code)
+}
+
+/// Start-up is complete: tell systemd and, under `-D`, the waiting launcher.
+fn ready(daemon: &mut Option<Daemon>) {
+    listen::sd_notify("READY=1");
+    if let Some(daemon) = daemon.take() {
+        daemon.ready();
+    }
+}
+
+/// Upstream's settings banner, plus the address actually bound (port 0 picks one).
+fn banner(config: &Config, local: &str, wrapped: Option<&str>) {
+    tracing::info!("WebSocket server settings:");
+    match &config.listen {
+        Listen::Tcp { host, port, .. } => {
+            tracing::info!("  - Listen on {}:{port}", host.as_deref().unwrap_or(""))
+        }
+        Listen::Unix { path, .. } => tracing::info!("  - Listen on unix socket {}", path.display()),
+        Listen::Inetd => tracing::info!("  - Listen for inetd connections"),
+    }
+    tracing::info!("  - listening on {local}");
+    if config.tls.cert.exists() {
+        tracing::info!("  - SSL/TLS support");
+    } else {
+        tracing::info!("  - No SSL/TLS support (no cert file)");
+    }
+    if config.tls.ssl_only {
+        tracing::info!("  - Deny non-SSL/TLS connections");
+    }
+    if let Some(web) = &config.web {
+        let listing = if web.file_only {
+            " (no directory listings)"
+        } else {
+            ""
+        };
+        tracing::info!("  - Web server{listing}. Web root: {}", web.dir.display());
+    }
+    if let Some(record) = &config.record {
+        tracing::info!("  - Recording to '{}.*'", record.display());
+    }
+    let ssl = if config.ssl_target {
+        " (using SSL)"
+    } else {
+        ""
+    };
+    let target = match (&config.target, wrapped, &config.token) {
+        (_, Some(command), _) => command.to_owned(),
+        (_, None, Some(token)) => format!("targets generated by {}", token.plugin),
+        (Target::Unix(path), None, None) => path.display().to_string(),
+        (target, None, None) => target.to_string(),
+    };
+    tracing::info!("  - proxying from {local} to {target}{ssl}");
+}
+
+/// Raises the soft open-file limit to the hard limit: each session needs two descriptors.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_err()
+    {
+        tracing::warn!("cannot raise the open-file limit from {soft} to {hard}");
+    }
+}
+
+/// SIGINT/SIGTERM: the first cancels `shutdown` (sessions drain), the second exits at once.
+fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::spawn(async move {
+        for round in 0..2 {
+            let name = tokio::select! {
+                _ = interrupt.recv() => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            };
+            if round == 0 {
+                tracing::info!("{name} received: closing sessions; send it again to exit at once");
+                shutdown.cancel();
+            } else {
+                tracing::warn!("{name} received again: exiting now");
+                // A wrapped program runs in its own process group: take it down with us.
+                wrap::kill_descendants();
+                std::process::exit(1);
+            }
+        }
+    });
+    Ok(())
+}
