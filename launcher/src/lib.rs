@@ -4,23 +4,38 @@
 //! # One connection, from accept to close
 //!
 //! ```text
-//! server::run        accept a TcpStream (TCP_NODELAY), spawn connection::handle in a span
+//! server::run            accept (TCP_NODELAY); one task per connection in a span
+//!   state::Shared        what all connections share: config, TLS, web root, auth, tokens,
+//!                        recorder; read-only after start
 //! connection::handle
-//!   sniff::sniff     peek the first byte within 3 s: 0x16/0x80 -> TLS, else plain
-//!   tls              TlsServer::acceptor() -> TlsStream (cert reloaded when the file changes)
-//!                    => stream::ClientStream { Plain | Tls }
-//!   request::serve   hyper reads heads (16 KiB, 100 fields, deadline); plain HTTP -> 405;
-//!                    a valid upgrade (handshake::accept) -> 101 and the stream taken back
-//!                    => request::Upgraded { stream, leftover bytes, relay::Mode }
-//!   target::connect  TCP (each address in turn) | unix | TLS, under a deadline
-//!                    => stream::TargetStream; failure -> close 1011
-//!   relay::run       frame::Decoder streams client frames to the target; target reads
-//!                    become frames; one poll loop, one 64 KiB buffer per direction at most
-//!                    => relay::Outcome { close reason, bytes each way }, logged once
+//!   sniff::sniff         peek the first byte within 3 s: 0x16/0x80 -> TLS, '<' -> Flash
+//!                        policy answer, else plain HTTP (refused under --ssl-only)
+//!   tls                  TlsServer::acceptor() -> TlsStream (cert re-read when the file changes)
+//!                        => stream::ClientStream { Tcp | Unix | Tls }
+//!   request::serve       hyper reads heads (16 KiB, 100 fields, deadline), then per request:
+//!     not an upgrade     --web: [--web-auth: auth] -> web::WebRoot::serve (file, listing,
+//!                        redirect); no --web: 405. The connection stays for more requests.
+//!     upgrade            handshake::accept (version, key, subprotocol -> relay::Mode)
+//!                        -> auth::Auth::check (--allowed-origin, --auth-plugin)
+//!                        -> token::Tokens::lookup (--token-plugin) or the fixed target
+//!                        -> 101; hyper hands the raw stream back
+//!     refused            response::Reject: its variant picks the status; logged once
+//!                        => request::Upgraded { stream, leftover bytes, mode, target }
+//!   record::Recorder     --record: this session's file, opened before connecting
+//!   target::connect      TCP (each address in turn) | unix | TLS, under a deadline
+//!                        => stream::TargetStream; failure -> close 1011
+//!   relay::run           frame::Decoder streams client frames to the target; target reads
+//!                        become frames; one poll loop, at most one 64 KiB buffer per
+//!                        direction (buffer::Buf, pooled, none while idle); hooks: the
+//!                        recording and --traffic tokens per frame, the --heartbeat ping
+//!                        timer, the shutdown token (close 1001), the close linger
+//!                        => relay::Outcome { close reason, bytes each way }, logged once
 //! ```
 //!
-//! `main` parses the command line (`cli`, optparse-compatible), binds the listener (`listen`)
-//! and calls [`run`], which tests call directly with a listener on port 0.
+//! Around the server: `main` parses the command line (`cli` -> `config::Settings`), detaches
+//! (`daemon`) and sets up `logging`; `process::run` binds the listener (`listen`), handles
+//! signals, supervises a wrapped program (`wrap`) and calls [`run`], which tests call
+//! directly with a listener on port 0.
 
 #![deny(unsafe_code)]
 
