@@ -1,0 +1,444 @@
+//! Logging: one `tracing` subscriber that feeds stderr, `--log-file` and `--syslog`.
+//!
+//! ```text
+//! tracing event -> EnvFilter (-v = debug, RUST_LOG overrides)
+//!   -> fmt layer -> stderr            timestamp, level, spans, message; ANSI on a terminal only
+//!   -> fmt layer -> LogFile           the same lines, never ANSI, one append write(2) per line
+//!   -> fmt layer -> Syslog            spans + message + fields only, wrapped in a syslog header,
+//!                                     one non-blocking datagram per event (dropped when busy)
+//! ```
+//!
+//! The syslog transport and upstream's message format are in `syslog`. Unlike upstream, the
+//! syslog socket survives `-D` because logging is set up after detaching.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, IsTerminal as _};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use tracing::Subscriber;
+use tracing_subscriber::fmt::FormatFields;
+use tracing_subscriber::fmt::format::{DefaultFields, Writer};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::layer::{Layered, SubscriberExt as _};
+use tracing_subscriber::registry::Registry;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer, field::RecordFields};
+
+mod syslog;
+
+use syslog::{Header, Syslog, SyslogDest};
+
+/// Where log lines go, from the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogSettings {
+    /// `-v`: debug instead of info (`RUST_LOG` overrides both).
+    pub verbose: bool,
+    /// `--log-file FILE`: appended to, created (0644) if missing.
+    pub log_file: Option<PathBuf>,
+    /// `--syslog SERVER`: UDP `host:port` when it contains `:`, else a Unix socket path.
+    pub syslog: Option<String>,
+    /// `--legacy-syslog`: `<PRI>websockify[PID]: MSG` instead of RFC 5424.
+    pub legacy_syslog: bool,
+    /// `-D`: syslog facility `daemon` (3) instead of `user` (1).
+    pub daemon: bool,
+}
+
+impl LogSettings {
+    /// Makes the log file and a Unix syslog socket path absolute, as upstream does at start.
+    /// Call it before [`crate::daemon::daemonize`], which changes the working directory.
+    pub fn resolve_paths(&mut self) -> io::Result<()> {
+        if let Some(path) = &mut self.log_file {
+            *path = std::path::absolute(&*path)?;
+        }
+        if let Some(spec) = &mut self.syslog
+            && let SyslogDest::Unix(path) = SyslogDest::parse(spec)?
+        {
+            *spec = std::path::absolute(path)?.to_string_lossy().into_owned();
+        }
+        Ok(())
+    }
+}
+
+/// Installs the global subscriber: stderr unless `stderr` is false (after detaching), plus the
+/// log file and syslog when configured. Fails, naming the file or server, if one cannot be opened.
+pub fn init(settings: &LogSettings, stderr: bool) -> anyhow::Result<()> {
+    let default = if settings.verbose { "debug" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let stderr = stderr.then(|| (BoxMakeWriter::new(io::stderr), io::stderr().is_terminal()));
+    build(filter, settings, stderr)?
+        .try_init()
+        .context("cannot install the logger")
+}
+
+type Base = Layered<EnvFilter, Registry>;
+type BoxedLayer = Box<dyn Layer<Base> + Send + Sync>;
+
+/// Builds the subscriber; `stderr` is the human-format sink and whether it gets ANSI colours.
+fn build(
+    filter: EnvFilter,
+    settings: &LogSettings,
+    stderr: Option<(BoxMakeWriter, bool)>,
+) -> anyhow::Result<impl Subscriber + Send + Sync + 'static> {
+    let mut layers: Vec<BoxedLayer> = Vec::new();
+    if let Some((writer, ansi)) = stderr {
+        layers.push(
+            tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                .with_ansi(ansi)
+                .with_target(false)
+                .boxed(),
+        );
+    }
+    if let Some(path) = &settings.log_file {
+        layers.push(
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(PlainFields::default())
+                .with_writer(Arc::new(LogFile::open(path)?))
+                .with_ansi(false)
+                .with_target(false)
+                .boxed(),
+        );
+    }
+    if let Some(spec) = &settings.syslog {
+        let header = Header::new(settings.daemon, settings.legacy_syslog);
+        let format = tracing_subscriber::fmt::format()
+            .without_time()
+            .with_level(false)
+            .with_target(false);
+        layers.push(
+            tracing_subscriber::fmt::layer()
+                .fmt_fields(PlainFields::default())
+                .event_format(format)
+                .with_writer(Syslog::connect(spec, header)?)
+                .with_ansi(false)
+                .boxed(),
+        );
+    }
+    Ok(tracing_subscriber::registry().with(filter).with(layers))
+}
+
+/// The default field format under its own type. Each fmt layer caches a span's formatted
+/// fields keyed by the formatter's type, so sharing `DefaultFields` with the coloured stderr
+/// layer would copy its ANSI codes into the file and syslog lines.
+#[derive(Default)]
+struct PlainFields(DefaultFields);
+
+impl<'w> FormatFields<'w> for PlainFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> std::fmt::Result {
+        self.0.format_fields(writer, fields)
+    }
+}
+
+/// `--log-file`: each formatted line reaches the file in one unbuffered append write.
+struct LogFile {
+    file: File,
+    path: PathBuf,
+    /// Set after a failed write, so a full disk is reported once rather than per line.
+    failing: AtomicBool,
+}
+
+impl LogFile {
+    fn open(path: &Path) -> anyhow::Result<LogFile> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o644)
+            .open(path)
+            .with_context(|| format!("cannot open log file {}", path.display()))?;
+        Ok(LogFile {
+            file,
+            path: path.to_owned(),
+            failing: AtomicBool::new(false),
+        })
+    }
+}
+
+impl io::Write for &LogFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match (&self.file).write_all(buf) {
+            Ok(()) => self.failing.store(false, Ordering::Relaxed),
+            Err(err) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    eprintln!(
+                        "websockify: cannot write to log file {}: {err}",
+                        self.path.display()
+                    );
+                }
+            }
+        }
+        // Claim success: the layer would otherwise print its own error for every line.
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::unix::net::UnixDatagram;
+    use std::sync::Mutex;
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::net::UnixListener;
+    use std::time::Duration;
+
+    const STEP: Duration = Duration::from_secs(5);
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    fn syslog_to(syslog: &str) -> LogSettings {
+        LogSettings {
+            syslog: Some(syslog.to_owned()),
+            ..LogSettings::default()
+        }
+    }
+
+    /// Logs what the relay logs: an event with a field inside a connection span.
+    fn log_in_span(settings: &LogSettings) {
+        let subscriber = build(EnvFilter::new("debug"), settings, None).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!("conn", id = 7).in_scope(|| {
+                tracing::info!(bytes = 12, "proxying");
+            });
+        });
+    }
+
+    /// What follows `<PRI>1 TIMESTAMP `, and the timestamp's shape.
+    fn after_timestamp(msg: &str, pri: &str) -> String {
+        let rest = msg.strip_prefix(&format!("<{pri}>1 ")).unwrap();
+        let (stamp, rest) = rest.split_once(' ').unwrap();
+        assert_eq!(stamp.len(), 20, "{stamp}");
+        assert!(
+            stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+            "{stamp}"
+        );
+        rest.to_owned()
+    }
+
+    fn expected_tail(text: &str) -> String {
+        let host = Header::new(false, false).hostname;
+        format!("{host} websockify {} - - {text}", std::process::id())
+    }
+
+    #[test]
+    fn resolve_paths_makes_file_and_unix_socket_absolute() {
+        let mut settings = LogSettings {
+            log_file: Some(PathBuf::from("ws.log")),
+            syslog: Some("run/log.sock".to_owned()),
+            ..LogSettings::default()
+        };
+        settings.resolve_paths().unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(settings.log_file, Some(cwd.join("ws.log")));
+        assert_eq!(
+            settings.syslog,
+            Some(cwd.join("run/log.sock").to_string_lossy().into_owned())
+        );
+        let mut udp = syslog_to("127.0.0.1:514");
+        udp.resolve_paths().unwrap();
+        assert_eq!(udp.syslog.as_deref(), Some("127.0.0.1:514"));
+    }
+
+    #[test]
+    fn sends_rfc5424_datagrams_to_a_udp_receiver() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver.set_read_timeout(Some(STEP)).unwrap();
+        let mut settings = syslog_to(&receiver.local_addr().unwrap().to_string());
+        log_in_span(&settings);
+        settings.daemon = true;
+        log_in_span(&settings);
+
+        let mut buf = [0u8; 2048];
+        for pri in ["14", "30"] {
+            let n = receiver.recv(&mut buf).unwrap();
+            let msg = text(&buf[..n]);
+            assert_eq!(
+                after_timestamp(&msg, pri),
+                expected_tail("conn{id=7}: proxying bytes=12")
+            );
+        }
+    }
+
+    #[test]
+    fn sends_legacy_datagrams_with_severity() {
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver.set_read_timeout(Some(STEP)).unwrap();
+        let settings = LogSettings {
+            legacy_syslog: true,
+            ..syslog_to(&receiver.local_addr().unwrap().to_string())
+        };
+        let subscriber = build(EnvFilter::new("info"), &settings, None).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!("cannot\nconnect");
+            tracing::debug!("filtered out");
+            tracing::error!(code = 1011, "failed");
+        });
+        let pid = std::process::id();
+        let mut buf = [0u8; 2048];
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let n = receiver.recv(&mut buf).unwrap();
+            got.push(text(&buf[..n]));
+        }
+        assert_eq!(
+            got,
+            [
+                format!("<12>websockify[{pid}]: cannot connect"),
+                format!("<11>websockify[{pid}]: failed code=1011"),
+            ]
+        );
+    }
+
+    #[test]
+    fn sends_datagrams_to_a_unix_datagram_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        receiver.set_read_timeout(Some(STEP)).unwrap();
+        log_in_span(&syslog_to(path.to_str().unwrap()));
+        let mut buf = [0u8; 2048];
+        let n = receiver.recv(&mut buf).unwrap();
+        let msg = text(&buf[..n]);
+        assert_eq!(
+            after_timestamp(&msg, "14"),
+            expected_tail("conn{id=7}: proxying bytes=12")
+        );
+    }
+
+    #[test]
+    fn falls_back_to_a_unix_stream_socket_with_newline_framing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let listener = UnixListener::bind(&path).unwrap();
+        let settings = LogSettings {
+            legacy_syslog: true,
+            ..syslog_to(path.to_str().unwrap())
+        };
+        let subscriber = build(EnvFilter::new("info"), &settings, None).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("first");
+            tracing::info!("second");
+        });
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(STEP)).unwrap();
+        let pid = std::process::id();
+        let expected = format!("<14>websockify[{pid}]: first\n<14>websockify[{pid}]: second\n");
+        let mut got = vec![0u8; expected.len()];
+        io::Read::read_exact(&mut stream, &mut got).unwrap();
+        assert_eq!(text(&got), expected);
+    }
+
+    #[test]
+    fn unreachable_syslog_server_is_named_in_the_error() {
+        let err = build(EnvFilter::new("info"), &syslog_to("/nonexistent/log"), None)
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").starts_with("cannot connect to syslog server /nonexistent/log: "),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn unopenable_log_file_is_named_in_the_error() {
+        let settings = LogSettings {
+            log_file: Some(PathBuf::from("/nonexistent/ws.log")),
+            ..LogSettings::default()
+        };
+        let err = build(EnvFilter::new("info"), &settings, None)
+            .err()
+            .unwrap();
+        assert!(
+            format!("{err:#}").starts_with("cannot open log file /nonexistent/ws.log: "),
+            "{err:#}"
+        );
+    }
+
+    /// A stderr stand-in the test can read.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn log_file_gets_appended_lines_without_ansi_even_beside_a_coloured_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ws.log");
+        std::fs::write(&path, "earlier line\n").unwrap();
+        let receiver = UdpSocket::bind("127.0.0.1:0").unwrap();
+        receiver.set_read_timeout(Some(STEP)).unwrap();
+        let settings = LogSettings {
+            log_file: Some(path.clone()),
+            ..syslog_to(&receiver.local_addr().unwrap().to_string())
+        };
+        let stderr = Captured::default();
+        let writer = stderr.clone();
+        let make = BoxMakeWriter::new(move || writer.clone());
+        let subscriber = build(EnvFilter::new("info"), &settings, Some((make, true))).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!("conn", id = 3, peer = %"127.0.0.1:5000").in_scope(|| {
+                tracing::info!(bytes = 12, "closed");
+                tracing::warn!("second");
+            });
+        });
+
+        let coloured = text(&stderr.0.lock().unwrap());
+        assert!(coloured.contains('\x1b'), "the test needs ANSI on stderr");
+        let log = std::fs::read_to_string(&path).unwrap();
+        assert!(!log.contains('\x1b'), "{log:?}");
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 3, "{log:?}");
+        assert_eq!(lines[0], "earlier line");
+        assert!(
+            lines[1].ends_with(" INFO conn{id=3 peer=127.0.0.1:5000}: closed bytes=12"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[2].contains(" WARN conn{id=3 peer=127.0.0.1:5000}: second"));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7000, 0);
+
+        let mut buf = [0u8; 2048];
+        let n = receiver.recv(&mut buf).unwrap();
+        let msg = text(&buf[..n]);
+        assert!(!msg.contains('\x1b'), "{msg:?}");
+        assert!(msg.ends_with(" - - conn{id=3 peer=127.0.0.1:5000}: closed bytes=12"));
+    }
+
+    #[test]
+    fn new_log_file_is_created_0644() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.log");
+        let settings = LogSettings {
+            log_file: Some(path.clone()),
+            ..LogSettings::default()
+        };
+        let subscriber = build(EnvFilter::new("info"), &settings, None).unwrap();
+        tracing::subscriber::with_default(subscriber, || tracing::info!("hello"));
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        // The process umask can only take bits away.
+        assert_eq!(mode & !0o644, 0, "{mode:o}");
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .ends_with(" INFO hello\n")
+        );
+    }
+}
