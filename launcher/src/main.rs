@@ -64,9 +64,15 @@ fn main() -> ExitCode {
     } else {
         None
     };
-    let started = logging::init(&log, daemon.is_none())
-        .and_then(|()| options.pid_file.as_deref().map(PidFile::create).transpose());
-    let _pid_file = match started {
+    let started = logging::init(&log, daemon.is_none()).and_then(|log_guard| {
+        let pid_file = options
+            .pid_file
+            .as_deref()
+            .map(PidFile::create)
+            .transpose()?;
+        Ok((log_guard, pid_file))
+    });
+    let (_log_guard, _pid_file) = match started {
         Ok(pid_file) => pid_file,
         Err(err) => return fail(daemon, &err),
     };

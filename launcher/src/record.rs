@@ -30,17 +30,23 @@
 //! # Traffic tokens
 //!
 //! [`traffic_legend`] prints upstream's legend at the start of a session and [`traffic`]
-//! prints one token per event, unbuffered and without newlines. The partial target write
-//! prints `>.` as the legend says (upstream's code prints `.>`).
+//! prints one token per event, without newlines. The partial target write prints `>.` as the
+//! legend says (upstream's code prints `.>`). Both are queued for a writer thread (see
+//! `logging::sink`): a stdout nobody reads drops tokens, counted in
+//! [`DROPPED_TRAFFIC_TOKENS`], and never stalls a session.
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::AsFd as _;
 use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+
+use crate::logging::sink::{Settings, Sink, log_report};
 
 /// The first line of every recording.
 pub const HEADER: &str = "var VNC_frame_data = [\n";
@@ -409,20 +415,45 @@ impl Token {
     }
 }
 
-/// Prints the traffic legend to stdout (flushed).
+/// `--traffic` tokens lost since the start because stdout was not reading: a metric.
+pub static DROPPED_TRAFFIC_TOKENS: AtomicU64 = AtomicU64::new(0);
+
+/// Tokens (or legends) queued for stdout while it is not reading; more are dropped.
+const TRAFFIC_QUEUE: usize = 8192;
+
+/// The `--traffic` output, started on first use; None if it cannot start.
+static TRAFFIC: OnceLock<Option<Sink>> = OnceLock::new();
+
+/// Stdout behind a non-blocking sink: a duplicate of fd 1, written by its own thread, so that a
+/// stdout nobody reads costs dropped tokens (counted, reported in the log when it reads again)
+/// and never a stalled session. Upstream prints each token with a blocking write and flush.
+fn traffic_out() -> Option<&'static Sink> {
+    TRAFFIC
+        .get_or_init(|| {
+            let fd = io::stdout().as_fd().try_clone_to_owned().ok()?;
+            let settings = Settings {
+                name: "stdout (--traffic)".into(),
+                unit: "traffic tokens",
+                capacity: TRAFFIC_QUEUE,
+                counter: &DROPPED_TRAFFIC_TOKENS,
+            };
+            Sink::spawn(settings, Box::new(File::from(fd)), Box::new(log_report)).ok()
+        })
+        .as_ref()
+}
+
+/// Prints the traffic legend to stdout (queued, never blocking).
 pub fn traffic_legend() {
-    emit(&mut io::stdout().lock(), TRAFFIC_LEGEND);
+    if let Some(out) = traffic_out() {
+        out.send_static(TRAFFIC_LEGEND);
+    }
 }
 
-/// Prints one traffic token to stdout (no newline, flushed).
+/// Prints one traffic token to stdout (no newline; queued, never blocking).
 pub fn traffic(token: Token) {
-    emit(&mut io::stdout().lock(), token.as_str());
-}
-
-/// Writes and flushes; a closed stdout (e.g. after `--daemon`) is not an error worth a log.
-fn emit(out: &mut impl Write, text: &str) {
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
+    if let Some(out) = traffic_out() {
+        out.send_static(token.as_str());
+    }
 }
 
 #[cfg(test)]
@@ -870,12 +901,12 @@ mod tests {
             Token::ClientSend,
             Token::ClientSendPartial,
         ];
-        let mut out = Vec::new();
+        let mut out = String::new();
         for token in tokens {
-            emit(&mut out, token.as_str());
+            out.push_str(token.as_str());
             // Every token appears in the legend.
             assert!(TRAFFIC_LEGEND.contains(&format!("    {:<2} - ", token.as_str())));
         }
-        assert_eq!(out, b"}}.{>>.<<.");
+        assert_eq!(out, "}}.{>>.<<.");
     }
 }

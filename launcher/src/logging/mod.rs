@@ -1,22 +1,26 @@
-//! Logging: one `tracing` subscriber that feeds stderr, `--log-file` and `--syslog`.
+//! Logging: one `tracing` subscriber that feeds stderr, `--log-file` and `--syslog`, none of
+//! which can block the thread that logs.
 //!
 //! ```text
 //! tracing event -> EnvFilter (-v = debug, RUST_LOG overrides)
-//!   -> fmt layer -> stderr            timestamp, level, spans, message; ANSI on a terminal only
-//!   -> fmt layer -> LogFile           the same lines, never ANSI, one append write(2) per line
-//!   -> fmt layer -> Syslog            spans + message + fields only, wrapped in a syslog header,
-//!                                     one non-blocking datagram per event (dropped when busy)
+//!   -> fmt layer -> Sink -> stderr     timestamp, level, spans, message; ANSI on a terminal only
+//!   -> fmt layer -> Sink -> LogFile    the same lines, never ANSI, appended; reopened by reopen()
+//!   -> fmt layer -> Syslog             spans + message + fields only, wrapped in a syslog header,
+//!                                      one non-blocking datagram per event (dropped when busy)
 //! ```
 //!
-//! The syslog transport and upstream's message format are in `syslog`. Unlike upstream, the
-//! syslog socket survives `-D` because logging is set up after detaching.
+//! A `Sink` (see `sink`) queues at most [`QUEUE_LINES`] lines for a writer thread: a stderr or
+//! log file that stops reading costs dropped lines, counted in [`DROPPED_LOG_LINES`] and
+//! reported once it reads again, never a stalled session. [`Throttle`] summarises repeated
+//! lines. The syslog transport and upstream's message format are in `syslog`. Unlike upstream,
+//! the syslog socket survives `-D` because logging is set up after detaching.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, IsTerminal as _};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tracing::Subscriber;
@@ -28,9 +32,20 @@ use tracing_subscriber::registry::Registry;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer, field::RecordFields};
 
+pub mod sink;
 mod syslog;
+mod throttle;
 
+use sink::Sink;
+pub use sink::{DROPPED_LOG_LINES, QUEUE_LINES};
 use syslog::{Header, Syslog, SyslogDest};
+pub use throttle::Throttle;
+
+/// How long [`LogGuard`] waits at exit for queued lines to be written.
+const EXIT_FLUSH: Duration = Duration::from_secs(1);
+
+/// The `--log-file` of the installed logger, for [`reopen`].
+static LOG_FILE: Mutex<Option<LogFile>> = Mutex::new(None);
 
 /// Where log lines go, from the command line.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -65,24 +80,52 @@ impl LogSettings {
 
 /// Installs the global subscriber: stderr unless `stderr` is false (after detaching), plus the
 /// log file and syslog when configured. Fails, naming the file or server, if one cannot be opened.
-pub fn init(settings: &LogSettings, stderr: bool) -> anyhow::Result<()> {
+/// Keep the guard until exit: dropping it writes out what is still queued (bounded).
+pub fn init(settings: &LogSettings, stderr: bool) -> anyhow::Result<LogGuard> {
     let default = if settings.verbose { "debug" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let stderr = stderr.then(|| (BoxMakeWriter::new(io::stderr), io::stderr().is_terminal()));
-    build(filter, settings, stderr)?
+    let stderr = match stderr {
+        true => {
+            let sink = sink::stderr().context("cannot start the writer thread for stderr")?;
+            Some((BoxMakeWriter::new(sink.clone()), io::stderr().is_terminal()))
+        }
+        false => None,
+    };
+    let logger = build(filter, settings, stderr)?;
+    logger
+        .subscriber
         .try_init()
-        .context("cannot install the logger")
+        .context("cannot install the logger")?;
+    *LOG_FILE.lock().unwrap_or_else(PoisonError::into_inner) = logger.log_file;
+    Ok(LogGuard(()))
+}
+
+/// Returned by [`init`]; dropping it (at exit) waits up to a second for queued log lines and
+/// `--traffic` output to be written.
+#[must_use = "dropping the guard at once would flush the log too early"]
+pub struct LogGuard(());
+
+impl Drop for LogGuard {
+    fn drop(&mut self) {
+        sink::flush_all(EXIT_FLUSH);
+    }
 }
 
 type Base = Layered<EnvFilter, Registry>;
 type BoxedLayer = Box<dyn Layer<Base> + Send + Sync>;
+
+/// A built subscriber and the handle of its `--log-file`.
+struct Logger<S> {
+    subscriber: S,
+    log_file: Option<LogFile>,
+}
 
 /// Builds the subscriber; `stderr` is the human-format sink and whether it gets ANSI colours.
 fn build(
     filter: EnvFilter,
     settings: &LogSettings,
     stderr: Option<(BoxMakeWriter, bool)>,
-) -> anyhow::Result<impl Subscriber + Send + Sync + 'static> {
+) -> anyhow::Result<Logger<impl Subscriber + Send + Sync + 'static>> {
     let mut layers: Vec<BoxedLayer> = Vec::new();
     if let Some((writer, ansi)) = stderr {
         layers.push(
@@ -93,11 +136,15 @@ fn build(
                 .boxed(),
         );
     }
-    if let Some(path) = &settings.log_file {
+    let log_file = match &settings.log_file {
+        Some(path) => Some(LogFile::open(path)?),
+        None => None,
+    };
+    if let Some(log_file) = &log_file {
         layers.push(
             tracing_subscriber::fmt::layer()
                 .fmt_fields(PlainFields::default())
-                .with_writer(Arc::new(LogFile::open(path)?))
+                .with_writer(log_file.sink.clone())
                 .with_ansi(false)
                 .with_target(false)
                 .boxed(),
@@ -118,7 +165,10 @@ fn build(
                 .boxed(),
         );
     }
-    Ok(tracing_subscriber::registry().with(filter).with(layers))
+    Ok(Logger {
+        subscriber: tracing_subscriber::registry().with(filter).with(layers),
+        log_file,
+    })
 }
 
 /// The default field format under its own type. Each fmt layer caches a span's formatted
@@ -133,60 +183,44 @@ impl<'w> FormatFields<'w> for PlainFields {
     }
 }
 
-/// `--log-file`: each formatted line reaches the file in one unbuffered append write.
+/// `--log-file`: lines appended by a writer thread, batched into few `write(2)`s.
 struct LogFile {
-    file: File,
-    path: PathBuf,
-    /// Set after a failed write, so a full disk is reported once rather than per line.
-    failing: AtomicBool,
+    sink: Sink,
 }
 
 impl LogFile {
     fn open(path: &Path) -> anyhow::Result<LogFile> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o644)
-            .open(path)
-            .with_context(|| format!("cannot open log file {}", path.display()))?;
-        Ok(LogFile {
-            file,
-            path: path.to_owned(),
-            failing: AtomicBool::new(false),
-        })
+        let file = open_log_file(path)?;
+        let settings = sink::Settings {
+            name: format!("the log file {}", path.display()),
+            unit: "log lines",
+            capacity: QUEUE_LINES,
+            counter: &DROPPED_LOG_LINES,
+        };
+        let sink = Sink::spawn(settings, Box::new(file), Box::new(sink::log_report))
+            .with_context(|| format!("cannot start the writer for log file {}", path.display()))?;
+        Ok(LogFile { sink })
     }
 }
 
-impl io::Write for &LogFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match (&self.file).write_all(buf) {
-            Ok(()) => self.failing.store(false, Ordering::Relaxed),
-            Err(err) => {
-                if !self.failing.swap(true, Ordering::Relaxed) {
-                    eprintln!(
-                        "websockify: cannot write to log file {}: {err}",
-                        self.path.display()
-                    );
-                }
-            }
-        }
-        // Claim success: the layer would otherwise print its own error for every line.
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
+/// Opens `path` for appending, creating it 0644.
+fn open_log_file(path: &Path) -> anyhow::Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o644)
+        .open(path)
+        .with_context(|| format!("cannot open log file {}", path.display()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::UdpSocket;
-    use std::os::unix::net::UnixDatagram;
-    use std::sync::Mutex;
     use std::os::unix::fs::PermissionsExt as _;
+    use std::os::unix::net::UnixDatagram;
     use std::os::unix::net::UnixListener;
+    use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
     const STEP: Duration = Duration::from_secs(5);
@@ -204,7 +238,9 @@ mod tests {
 
     /// Logs what the relay logs: an event with a field inside a connection span.
     fn log_in_span(settings: &LogSettings) {
-        let subscriber = build(EnvFilter::new("debug"), settings, None).unwrap();
+        let subscriber = build(EnvFilter::new("debug"), settings, None)
+            .unwrap()
+            .subscriber;
         tracing::subscriber::with_default(subscriber, || {
             tracing::info_span!("conn", id = 7).in_scope(|| {
                 tracing::info!(bytes = 12, "proxying");
@@ -276,7 +312,9 @@ mod tests {
             legacy_syslog: true,
             ..syslog_to(&receiver.local_addr().unwrap().to_string())
         };
-        let subscriber = build(EnvFilter::new("info"), &settings, None).unwrap();
+        let subscriber = build(EnvFilter::new("info"), &settings, None)
+            .unwrap()
+            .subscriber;
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!("cannot\nconnect");
             tracing::debug!("filtered out");
@@ -323,7 +361,9 @@ mod tests {
             legacy_syslog: true,
             ..syslog_to(path.to_str().unwrap())
         };
-        let subscriber = build(EnvFilter::new("info"), &settings, None).unwrap();
+        let subscriber = build(EnvFilter::new("info"), &settings, None)
+            .unwrap()
+            .subscriber;
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!("first");
             tracing::info!("second");
@@ -391,13 +431,17 @@ mod tests {
         let stderr = Captured::default();
         let writer = stderr.clone();
         let make = BoxMakeWriter::new(move || writer.clone());
-        let subscriber = build(EnvFilter::new("info"), &settings, Some((make, true))).unwrap();
+        let Logger {
+            subscriber,
+            log_file,
+        } = build(EnvFilter::new("info"), &settings, Some((make, true))).unwrap();
         tracing::subscriber::with_default(subscriber, || {
             tracing::info_span!("conn", id = 3, peer = %"127.0.0.1:5000").in_scope(|| {
                 tracing::info!(bytes = 12, "closed");
                 tracing::warn!("second");
             });
         });
+        assert!(log_file.unwrap().sink.flush(STEP));
 
         let coloured = text(&stderr.0.lock().unwrap());
         assert!(coloured.contains('\x1b'), "the test needs ANSI on stderr");
@@ -430,8 +474,12 @@ mod tests {
             log_file: Some(path.clone()),
             ..LogSettings::default()
         };
-        let subscriber = build(EnvFilter::new("info"), &settings, None).unwrap();
+        let Logger {
+            subscriber,
+            log_file,
+        } = build(EnvFilter::new("info"), &settings, None).unwrap();
         tracing::subscriber::with_default(subscriber, || tracing::info!("hello"));
+        assert!(log_file.unwrap().sink.flush(STEP));
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         // The process umask can only take bits away.
         assert_eq!(mode & !0o644, 0, "{mode:o}");

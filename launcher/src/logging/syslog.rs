@@ -10,6 +10,7 @@ use std::io::{self, Write as _};
 use std::net::{SocketAddr, ToSocketAddrs as _, UdpSocket};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +19,8 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
+
+use super::sink::{DROPPED_LOG_LINES, stderr};
 
 /// `--syslog SERVER`, parsed as upstream does.
 #[derive(Debug, PartialEq, Eq)]
@@ -282,6 +285,7 @@ impl Syslog {
         let msg = self.header.format(severity, now, text);
         if !self.deliver(&mut state, &msg) {
             state.dropped += 1;
+            DROPPED_LOG_LINES.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -308,10 +312,15 @@ impl Syslog {
         }
         if !state.failing {
             state.failing = true;
-            eprintln!(
-                "websockify: cannot send to syslog server {}: {err}; dropping messages until it recovers",
-                self.name
-            );
+            // To stderr, through its sink: this runs inside a log event, which cannot log.
+            if let Some(stderr) = stderr() {
+                let notice = format!(
+                    "websockify: cannot send to syslog server {}: {err}; dropping messages until \
+                     it recovers\n",
+                    self.name
+                );
+                stderr.send(notice.as_bytes());
+            }
         }
         false
     }
