@@ -41,6 +41,8 @@ fn main() -> ExitCode {
         syslog: options.syslog.clone(),
         legacy_syslog: options.legacy_syslog,
         daemon: options.daemon,
+        // --log-format is not on the command line yet: text.
+        ..LogSettings::default()
     };
     // Upstream makes paths absolute at start, since the daemon changes directory.
     if let Err(err) = log

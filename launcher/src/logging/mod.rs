@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! tracing event -> EnvFilter (-v = debug, RUST_LOG overrides)
-//!   -> fmt layer -> Sink -> stderr     timestamp, level, spans, message; ANSI on a terminal only
+//!   -> fmt layer -> Sink -> stderr     timestamp, level, spans, message; ANSI on a terminal only;
+//!                                      or one JSON object per line (--log-format json)
 //!   -> fmt layer -> Sink -> LogFile    the same lines, never ANSI, appended; reopened by reopen()
 //!   -> fmt layer -> Syslog             spans + message + fields only, wrapped in a syslog header,
 //!                                      one non-blocking datagram per event (dropped when busy)
@@ -24,9 +25,9 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tracing::Subscriber;
-use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::format::{DefaultFields, Writer};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 use tracing_subscriber::layer::{Layered, SubscriberExt as _};
 use tracing_subscriber::registry::Registry;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -60,6 +61,33 @@ pub struct LogSettings {
     pub legacy_syslog: bool,
     /// `-D`: syslog facility `daemon` (3) instead of `user` (1).
     pub daemon: bool,
+    /// `--log-format`: the line format of stderr and `--log-file` (syslog keeps upstream's).
+    pub format: LogFormat,
+}
+
+/// `--log-format text|json`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `TIMESTAMP LEVEL span{fields}: message fields`, as upstream's lines read.
+    #[default]
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `message` and the event's fields at the
+    /// top level, the innermost span's name and fields under `span`, all spans under `spans`.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<LogFormat, String> {
+        match value {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!(
+                "invalid --log-format '{value}': use 'text' or 'json'"
+            )),
+        }
+    }
 }
 
 impl LogSettings {
@@ -128,27 +156,14 @@ fn build(
 ) -> anyhow::Result<Logger<impl Subscriber + Send + Sync + 'static>> {
     let mut layers: Vec<BoxedLayer> = Vec::new();
     if let Some((writer, ansi)) = stderr {
-        layers.push(
-            tracing_subscriber::fmt::layer()
-                .with_writer(writer)
-                .with_ansi(ansi)
-                .with_target(false)
-                .boxed(),
-        );
+        layers.push(line_layer(writer, settings.format, ansi));
     }
     let log_file = match &settings.log_file {
         Some(path) => Some(LogFile::open(path)?),
         None => None,
     };
     if let Some(log_file) = &log_file {
-        layers.push(
-            tracing_subscriber::fmt::layer()
-                .fmt_fields(PlainFields::default())
-                .with_writer(log_file.sink.clone())
-                .with_ansi(false)
-                .with_target(false)
-                .boxed(),
-        );
+        layers.push(line_layer(log_file.sink.clone(), settings.format, false));
     }
     if let Some(spec) = &settings.syslog {
         let header = Header::new(settings.daemon, settings.legacy_syslog);
@@ -169,6 +184,30 @@ fn build(
         subscriber: tracing_subscriber::registry().with(filter).with(layers),
         log_file,
     })
+}
+
+/// The layer writing whole lines (stderr, `--log-file`) in `format`; `ansi` colours text.
+fn line_layer<W>(writer: W, format: LogFormat, ansi: bool) -> BoxedLayer
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer().with_target(false);
+    match format {
+        LogFormat::Json => layer
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_ansi(false)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Text if ansi => layer.with_ansi(true).with_writer(writer).boxed(),
+        LogFormat::Text => layer
+            .fmt_fields(PlainFields::default())
+            .with_ansi(false)
+            .with_writer(writer)
+            .boxed(),
+    }
 }
 
 /// The default field format under its own type. Each fmt layer caches a span's formatted
@@ -488,5 +527,96 @@ mod tests {
                 .unwrap()
                 .ends_with(" INFO hello\n")
         );
+    }
+
+    #[test]
+    fn log_format_parses_text_and_json_only() {
+        assert_eq!("text".parse(), Ok(LogFormat::Text));
+        assert_eq!("json".parse(), Ok(LogFormat::Json));
+        assert_eq!(LogFormat::default(), LogFormat::Text);
+        let err = "JSON".parse::<LogFormat>().unwrap_err();
+        assert_eq!(err, "invalid --log-format 'JSON': use 'text' or 'json'");
+    }
+
+    /// Parses every line of `text` as a JSON object.
+    fn json_lines(text: &str) -> Vec<serde_json::Map<String, serde_json::Value>> {
+        text.lines()
+            .map(|line| match serde_json::from_str(line) {
+                Ok(serde_json::Value::Object(object)) => object,
+                other => panic!("not a JSON object: {line:?} ({other:?})"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn json_lines_parse_and_carry_event_and_span_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ws.log");
+        let settings = LogSettings {
+            log_file: Some(path.clone()),
+            format: LogFormat::Json,
+            ..LogSettings::default()
+        };
+        let stderr = Captured::default();
+        let writer = stderr.clone();
+        let make = BoxMakeWriter::new(move || writer.clone());
+        // Even on a terminal JSON has no colour codes.
+        let Logger {
+            subscriber,
+            log_file,
+        } = build(EnvFilter::new("info"), &settings, Some((make, true))).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!("conn", id = 3, peer = %"127.0.0.1:5000").in_scope(|| {
+                tracing::info!(
+                    duration = ?Duration::from_millis(1500),
+                    to_target = 12,
+                    to_client = 34,
+                    code = 1000,
+                    target = "localhost:5900",
+                    "session closed: {}",
+                    "Target closed"
+                );
+                tracing::warn!("a \"quoted\"\nline");
+            });
+            tracing::info!("outside any session");
+        });
+        assert!(log_file.unwrap().sink.flush(STEP));
+
+        let from_stderr = text(&stderr.0.lock().unwrap());
+        let from_file = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            json_lines(&from_stderr).len(),
+            json_lines(&from_file).len(),
+            "{from_stderr}\n{from_file}"
+        );
+        for output in [from_stderr, from_file] {
+            assert!(!output.contains('\x1b'), "{output:?}");
+            let lines = json_lines(&output);
+            assert_eq!(lines.len(), 3, "{output}");
+            let closed = &lines[0];
+            let timestamp = closed["timestamp"].as_str().unwrap();
+            assert!(
+                timestamp.ends_with('Z') && timestamp.contains('T'),
+                "{timestamp}"
+            );
+            assert_eq!(closed["level"], "INFO");
+            assert_eq!(closed["message"], "session closed: Target closed");
+            assert_eq!(closed["to_target"], 12);
+            assert_eq!(closed["to_client"], 34);
+            assert_eq!(closed["code"], 1000);
+            assert_eq!(closed["duration"], "1.5s");
+            assert_eq!(closed["target"], "localhost:5900");
+            assert_eq!(closed["span"]["name"], "conn");
+            assert_eq!(closed["span"]["id"], 3);
+            assert_eq!(closed["span"]["peer"], "127.0.0.1:5000");
+            assert_eq!(closed["spans"][0]["peer"], "127.0.0.1:5000");
+
+            assert_eq!(lines[1]["level"], "WARN");
+            assert_eq!(lines[1]["message"], "a \"quoted\"\nline");
+            assert_eq!(lines[1]["span"]["id"], 3);
+
+            assert_eq!(lines[2]["message"], "outside any session");
+            assert!(!lines[2].contains_key("span"), "{:?}", lines[2]);
+        }
     }
 }
