@@ -268,6 +268,7 @@ impl PidFile {
             .write(true)
             .create(true)
             .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
             .mode(0o644)
             .open(path)
             .with_context(fail)?;
@@ -399,6 +400,27 @@ mod tests {
         assert!(
             format!("{err:#}").starts_with("cannot write pid file /nonexistent/ws.pid: "),
             "{err:#}"
+        );
+    }
+
+    #[test]
+    fn pid_file_that_is_a_symlink_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let path = dir.path().join("ws.pid");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let err = PidFile::create(&path).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with(&format!("cannot write pid file {}", path.display())),
+            "{err:#}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
         );
     }
 }

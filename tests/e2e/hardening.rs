@@ -174,3 +174,62 @@ async fn traffic_on_a_stdout_nobody_reads_never_stalls_sessions() {
     let status = block(|| child.wait_exit());
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_skips_a_planted_symlink_and_writes_a_private_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let echo = echo_server().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = dir.path().join("session");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").expect("victim");
+    std::os::unix::fs::symlink(&victim, dir.path().join("session.1")).expect("symlink");
+    let base_arg = base.to_str().expect("utf-8 path");
+    let mut child = ChildGuard::new(
+        websockify(&["--record", base_arg, "127.0.0.1:0", &echo.to_string()])
+            .spawn()
+            .expect("spawn"),
+    );
+    let addr = listening_addr(&block(|| child.wait_for_line("listening on")));
+
+    let mut client = echo_session(addr, b"secret keystrokes").await;
+    client.shutdown().await.expect("shutdown");
+    block(|| child.wait_for_line("session closed"));
+    child.signal(libc::SIGTERM);
+    assert_eq!(block(|| child.wait_exit()).code(), Some(0));
+
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious\n"
+    );
+    let recording = dir.path().join("session.2");
+    let text = std::fs::read_to_string(&recording).expect("session.2");
+    assert!(text.contains("secret keystrokes"), "{text}");
+    let mode = std::fs::metadata(&recording)
+        .expect("mode")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o177, 0, "{mode:o}");
+}
+
+#[test]
+fn log_file_that_is_a_planted_symlink_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").expect("victim");
+    let log = dir.path().join("ws.log");
+    std::os::unix::fs::symlink(&victim, &log).expect("symlink");
+    let log_arg = log.to_str().expect("utf-8 path");
+    let (code, _, stderr) = run_websockify(&["--log-file", log_arg, "127.0.0.1:0", "127.0.0.1:1"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot open log file {log_arg}: it is a symbolic link"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious\n"
+    );
+}

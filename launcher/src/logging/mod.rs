@@ -242,14 +242,25 @@ impl LogFile {
     }
 }
 
-/// Opens `path` for appending, creating it 0644.
+/// Opens `path` for appending, creating it 0644. A symbolic link is refused rather than
+/// followed: a link planted where the log goes must not make us append to its target.
 fn open_log_file(path: &Path) -> anyhow::Result<File> {
     OpenOptions::new()
         .create(true)
         .append(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(0o644)
         .open(path)
-        .with_context(|| format!("cannot open log file {}", path.display()))
+        .map_err(|err| match err.raw_os_error() {
+            Some(libc::ELOOP) => anyhow::anyhow!(
+                "cannot open log file {}: it is a symbolic link, which websockify does not \
+                 follow; give the real path",
+                path.display()
+            ),
+            _ => {
+                anyhow::Error::new(err).context(format!("cannot open log file {}", path.display()))
+            }
+        })
 }
 
 #[cfg(test)]
@@ -618,5 +629,28 @@ mod tests {
             assert_eq!(lines[2]["message"], "outside any session");
             assert!(!lines[2].contains_key("span"), "{:?}", lines[2]);
         }
+    }
+
+    #[test]
+    fn log_file_that_is_a_symlink_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let path = dir.path().join("ws.log");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let settings = LogSettings {
+            log_file: Some(path.clone()),
+            ..LogSettings::default()
+        };
+        let err = build(EnvFilter::new("info"), &settings, None)
+            .err()
+            .unwrap();
+        let message = format!("{err:#}");
+        assert!(
+            message.starts_with(&format!("cannot open log file {}: ", path.display()))
+                && message.contains("symbolic link"),
+            "{message}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
     }
 }
