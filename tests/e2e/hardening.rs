@@ -233,3 +233,54 @@ fn log_file_that_is_a_planted_symlink_is_refused_at_start() {
         "precious\n"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_second_start_leaves_the_running_instances_pid_file_alone() {
+    let echo = echo_server().await.to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pid_path = dir.path().join("ws.pid");
+    let pid_file = pid_path.to_str().expect("utf-8 path");
+    let mut first = ChildGuard::new(
+        websockify(&["--pid-file", pid_file, "127.0.0.1:0", &echo])
+            .spawn()
+            .expect("spawn"),
+    );
+    let addr = listening_addr(&block(|| first.wait_for_line("listening on")));
+    let first_pid = format!("{}\n", first.pid);
+    assert_eq!(
+        std::fs::read_to_string(&pid_path).expect("pid file"),
+        first_pid
+    );
+
+    // The same port and pid file; the same pid file on another port: both refused.
+    for listen in [addr.to_string(), "127.0.0.1:0".to_owned()] {
+        let (code, _, stderr) = block(|| run_websockify(&["--pid-file", pid_file, &listen, &echo]));
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("locked by websockify process {}", first.pid)),
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&pid_path).expect("pid file"),
+            first_pid
+        );
+    }
+    // The same port with its own pid file: refused at bind, and its file does not stay.
+    let other = dir.path().join("other.pid");
+    let other_arg = other.to_str().expect("utf-8 path");
+    let (code, _, stderr) =
+        block(|| run_websockify(&["--pid-file", other_arg, &addr.to_string(), &echo]));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(!other.exists(), "the failed instance left its pid file");
+    assert_eq!(
+        std::fs::read_to_string(&pid_path).expect("pid file"),
+        first_pid
+    );
+
+    // The first instance still serves, and removes its file when it stops.
+    let mut client = echo_session(addr, b"still the first").await;
+    client.shutdown().await.expect("shutdown");
+    first.signal(libc::SIGTERM);
+    assert_eq!(block(|| first.wait_exit()).code(), Some(0));
+    assert!(!pid_path.exists(), "the pid file outlived its instance");
+}
