@@ -128,6 +128,20 @@ pub fn init(settings: &LogSettings, stderr: bool) -> anyhow::Result<LogGuard> {
     Ok(LogGuard(()))
 }
 
+/// Reopens the `--log-file` of the installed logger, for logrotate (on SIGHUP): from the next
+/// write on, lines go to a file newly opened (created if needed) at the same path, and the old
+/// one is closed. Returns that path, or None when there is no `--log-file`. On error (named
+/// file) logging carries on into the old file. Does a blocking `open(2)`: from async code call
+/// it in `spawn_blocking`.
+pub fn reopen() -> anyhow::Result<Option<PathBuf>> {
+    let log_file = LOG_FILE.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(log_file) = log_file.as_ref() else {
+        return Ok(None);
+    };
+    log_file.reopen()?;
+    Ok(Some(log_file.path.clone()))
+}
+
 /// Returned by [`init`]; dropping it (at exit) waits up to a second for queued log lines and
 /// `--traffic` output to be written.
 #[must_use = "dropping the guard at once would flush the log too early"]
@@ -224,6 +238,7 @@ impl<'w> FormatFields<'w> for PlainFields {
 
 /// `--log-file`: lines appended by a writer thread, batched into few `write(2)`s.
 struct LogFile {
+    path: PathBuf,
     sink: Sink,
 }
 
@@ -238,7 +253,18 @@ impl LogFile {
         };
         let sink = Sink::spawn(settings, Box::new(file), Box::new(sink::log_report))
             .with_context(|| format!("cannot start the writer for log file {}", path.display()))?;
-        Ok(LogFile { sink })
+        Ok(LogFile {
+            path: path.to_owned(),
+            sink,
+        })
+    }
+
+    /// Opens the path anew and hands the file to the writer thread, which switches to it
+    /// before its next write.
+    fn reopen(&self) -> anyhow::Result<()> {
+        let file = open_log_file(&self.path)?;
+        self.sink.replace(Box::new(file));
+        Ok(())
     }
 }
 
@@ -652,5 +678,56 @@ mod tests {
             "{message}"
         );
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    }
+
+    #[test]
+    fn reopen_moves_to_a_new_file_after_logrotate_renamed_the_old_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ws.log");
+        let rotated = dir.path().join("ws.log.1");
+        let settings = LogSettings {
+            log_file: Some(path.clone()),
+            ..LogSettings::default()
+        };
+        let Logger {
+            subscriber,
+            log_file,
+        } = build(EnvFilter::new("info"), &settings, None).unwrap();
+        let log_file = log_file.unwrap();
+        let dispatch = tracing::Dispatch::new(subscriber);
+        let log = |message: &str| {
+            tracing::dispatcher::with_default(&dispatch, || tracing::info!("{message}"));
+            assert!(log_file.sink.flush(STEP));
+        };
+        log("before rotation");
+        std::fs::rename(&path, &rotated).unwrap();
+        log("still the old file");
+        log_file.reopen().unwrap();
+        log("after rotation");
+        let old = std::fs::read_to_string(&rotated).unwrap();
+        let new = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(old.lines().count(), 2, "{old}");
+        assert!(old.contains("before rotation") && old.contains("still the old file"));
+        assert_eq!(new.lines().count(), 1, "{new}");
+        assert!(new.ends_with(" INFO after rotation\n"), "{new}");
+
+        // A reopen that fails says why and leaves logging on the file it had.
+        std::fs::rename(&path, &rotated).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("victim"), &path).unwrap();
+        let err = log_file.reopen().unwrap_err();
+        assert!(format!("{err:#}").contains("symbolic link"), "{err:#}");
+        log("kept going");
+        assert!(
+            std::fs::read_to_string(&rotated)
+                .unwrap()
+                .ends_with(" INFO kept going\n")
+        );
+        assert!(!dir.path().join("victim").exists());
+    }
+
+    #[test]
+    fn reopen_without_an_installed_log_file_does_nothing() {
+        // Unit tests never install the global logger.
+        assert!(reopen().unwrap().is_none());
     }
 }
