@@ -16,7 +16,7 @@ use crate::config::{
     AuthSettings, Config, Listen, Settings, SslVersion, Target, TokenSettings, WebSettings,
     WrapMode, WrapSettings,
 };
-use crate::logging::LogSettings;
+use crate::logging::{LogFormat, LogSettings};
 
 /// Result of parsing argv.
 #[derive(Debug)]
@@ -225,6 +225,9 @@ struct LogArgs {
     /// Use the old BSD syslog format (RFC 3164) instead of RFC 5424
     #[arg(long)]
     legacy_syslog: bool,
+    /// Log lines as text, or as json (one object per line, for log collectors)
+    #[arg(long, value_name = "FORMAT", default_value = "text", value_parser = choice::<FormatChoice>("--log-format"))]
+    log_format: FormatChoice,
 }
 
 #[derive(Args, Debug)]
@@ -290,6 +293,22 @@ impl From<WrapChoice> for WrapMode {
             WrapChoice::Exit => WrapMode::Exit,
             WrapChoice::Ignore => WrapMode::Ignore,
             WrapChoice::Respawn => WrapMode::Respawn,
+        }
+    }
+}
+
+/// `--log-format` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum FormatChoice {
+    Text,
+    Json,
+}
+
+impl From<FormatChoice> for LogFormat {
+    fn from(choice: FormatChoice) -> Self {
+        match choice {
+            FormatChoice::Text => LogFormat::Text,
+            FormatChoice::Json => LogFormat::Json,
         }
     }
 }
@@ -732,6 +751,7 @@ fn build(cli: Cli, wrap: bool) -> Result<Settings, UsageError> {
             syslog,
             legacy_syslog: log.legacy_syslog,
             daemon: life.daemon,
+            format: log.log_format.into(),
         },
         daemon: life.daemon,
         pid_file: given(life.pid_file).map(PathBuf::from),

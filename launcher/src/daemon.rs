@@ -18,12 +18,16 @@
 //! paths absolute. Stage 2 sends `pid N` at once, then `ready` ([`Daemon::ready`], after the
 //! listener is bound) or `error MSG` ([`Daemon::failed`]); if the pipe closes first, stage 0
 //! reports that the daemon exited during start-up.
+//!
+//! The [`PidFile`] is held under an exclusive `flock` for the life of the process, so a second
+//! instance given the same file refuses to start (naming the first) instead of overwriting it,
+//! and its failed start never removes the file of the instance that is running.
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead as _, BufReader, Write as _};
+use std::io::{self, BufRead as _, BufReader, Read as _, Seek as _, Write as _};
 use std::os::fd::AsFd as _;
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _, OpenOptionsExt as _};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -31,7 +35,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
-use nix::fcntl::OFlag;
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg, OFlag};
 use nix::sys::stat::Mode;
 
 /// The environment variable that tells a re-executed copy which stage it is. Programs that
@@ -251,32 +256,84 @@ fn wait_for_report(pipe: File, timeout: Duration) -> Report {
     }
 }
 
-/// `--pid-file FILE`: holds our pid while we run; removed on drop if it still holds it.
+/// `--pid-file FILE`: holds our pid while we run, under an exclusive `flock` that a second
+/// instance cannot take; removed on drop if it is still our file and still names us.
 #[derive(Debug)]
 pub struct PidFile {
     path: PathBuf,
     pid: u32,
+    /// The open file, locked until we exit (the lock goes with the descriptor).
+    file: Flock<File>,
 }
 
 impl PidFile {
-    /// Writes our pid and a newline (create or truncate, mode 0644). A relative path is taken
-    /// from the current directory, which [`daemonize`] changes: make it absolute first.
+    /// Takes the pid file and writes our pid and a newline (mode 0644 when created). Refuses,
+    /// naming the other pid, when another process holds the file's lock or the file names
+    /// another live process (an instance that does not lock, e.g. upstream's). A file naming a
+    /// process that is gone is stale and replaced. Symbolic links are not followed. A relative
+    /// path is taken from the current directory, which [`daemonize`] changes: make it absolute
+    /// first.
     pub fn create(path: &Path) -> anyhow::Result<PidFile> {
         let pid = std::process::id();
         let fail = || format!("cannot write pid file {}", path.display());
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(path)
-            .with_context(fail)?;
-        file.write_all(format!("{pid}\n").as_bytes())
-            .with_context(fail)?;
-        Ok(PidFile {
-            path: path.to_owned(),
-            pid,
-        })
+        // Another instance may unlink the file between our open and our lock: then the lock is
+        // on a file nobody sees, so open the path again.
+        for _ in 0..3 {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .mode(0o644)
+                .open(path)
+                .with_context(fail)?;
+            let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(locked) => locked,
+                Err((file, Errno::EWOULDBLOCK)) => {
+                    let holder = match read_pid(&file) {
+                        Some(other) => format!("websockify process {other}"),
+                        None => "another process".to_owned(),
+                    };
+                    bail!(
+                        "pid file {} is locked by {holder}, which is still running; stop it or \
+                         choose another --pid-file",
+                        path.display()
+                    );
+                }
+                Err((_, errno)) => {
+                    return Err(io::Error::from(errno)).with_context(fail);
+                }
+            };
+            if !same_file(path, &file) {
+                continue;
+            }
+            match read_pid(&file) {
+                Some(other) if other != pid && is_alive(other) => bail!(
+                    "pid file {} names process {other}, which is still running; stop it, or \
+                     remove the file if that process is not websockify",
+                    path.display()
+                ),
+                Some(other) if other != pid => {
+                    tracing::info!(
+                        "replacing stale pid file {} (process {other} is gone)",
+                        path.display()
+                    );
+                }
+                _ => {}
+            }
+            file.set_len(0).with_context(fail)?;
+            file.write_all_at(format!("{pid}\n").as_bytes(), 0)
+                .with_context(fail)?;
+            return Ok(PidFile {
+                path: path.to_owned(),
+                pid,
+                file,
+            });
+        }
+        bail!(
+            "cannot write pid file {}: it keeps being replaced by another process",
+            path.display()
+        )
     }
 
     /// Where the file is.
@@ -287,12 +344,43 @@ impl PidFile {
 
 impl Drop for PidFile {
     fn drop(&mut self) {
-        // Leave it alone if another instance has since written its own pid there.
-        let ours = std::fs::read_to_string(&self.path)
-            .is_ok_and(|text| text.trim() == self.pid.to_string());
-        if ours {
+        // Leave it alone if it is no longer our file, or no longer names us.
+        if same_file(&self.path, &self.file) && read_pid(&self.file) == Some(self.pid) {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+/// The pid in a pid file (first line, surrounding blanks ignored), if it holds one.
+fn read_pid(file: &File) -> Option<u32> {
+    let mut text = String::new();
+    let mut reader = file;
+    reader.seek(io::SeekFrom::Start(0)).ok()?;
+    reader.take(64).read_to_string(&mut text).ok()?;
+    text.lines()
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+        .filter(|&pid| pid > 0)
+}
+
+/// Whether process `pid` exists (signal 0: `EPERM` means it exists but is not ours).
+fn is_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) | Err(Errno::EPERM) => true,
+        Err(_) => false,
+    }
+}
+
+/// Whether `path` (not following a link) is the file open as `file`.
+fn same_file(path: &Path, file: &File) -> bool {
+    match (std::fs::symlink_metadata(path), file.metadata()) {
+        (Ok(on_disk), Ok(open)) => on_disk.dev() == open.dev() && on_disk.ino() == open.ino(),
+        _ => false,
     }
 }
 
@@ -400,5 +488,90 @@ mod tests {
             format!("{err:#}").starts_with("cannot write pid file /nonexistent/ws.pid: "),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn pid_file_that_is_a_symlink_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let path = dir.path().join("ws.pid");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let err = PidFile::create(&path).unwrap_err();
+        assert!(
+            format!("{err:#}").starts_with(&format!("cannot write pid file {}", path.display())),
+            "{err:#}"
+        );
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
+
+    #[test]
+    fn a_second_pid_file_on_the_same_path_is_refused_and_the_first_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ws.pid");
+        let first = PidFile::create(&path).unwrap();
+        let err = PidFile::create(&path).unwrap_err();
+        let pid = std::process::id();
+        assert_eq!(
+            format!("{err:#}"),
+            format!(
+                "pid file {} is locked by websockify process {pid}, which is still running; \
+                 stop it or choose another --pid-file",
+                path.display()
+            )
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{pid}\n"));
+        drop(first);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn pid_file_naming_another_live_process_is_refused_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ws.pid");
+        // Process 1 always runs; an instance that does not lock (upstream) wrote this file.
+        std::fs::write(&path, "1\n").unwrap();
+        let err = PidFile::create(&path).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("names process 1, which is still running"),
+            "{err:#}"
+        );
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "1\n");
+    }
+
+    #[test]
+    fn stale_pid_file_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ws.pid");
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let gone_pid = gone.id();
+        gone.wait().unwrap();
+        std::fs::write(&path, format!("{gone_pid}\n")).unwrap();
+        let pid_file = PidFile::create(&path).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}\n", std::process::id())
+        );
+        drop(pid_file);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn pid_file_replaced_by_another_file_is_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ws.pid");
+        let pid_file = PidFile::create(&path).unwrap();
+        // Someone else's file now sits at the path, even with our pid in it.
+        let other = dir.path().join("other");
+        std::fs::write(&other, format!("{}\n", std::process::id())).unwrap();
+        std::fs::rename(&other, &path).unwrap();
+        drop(pid_file);
+        assert!(path.exists());
     }
 }

@@ -49,9 +49,11 @@ fn main() -> ExitCode {
     } else {
         None
     };
-    if let Err(err) = logging::init(&settings.log, daemon.is_none()) {
-        return fail(daemon, &err);
-    }
+    // Kept until exit: dropping it writes out the log lines still queued.
+    let _log_guard = match logging::init(&settings.log, daemon.is_none()) {
+        Ok(guard) => guard,
+        Err(err) => return fail(daemon, &err),
+    };
     // `run` tells the `-D` launcher once it is ready (taking `daemon`); an earlier failure
     // goes to the launcher, a later one to the log.
     let mut daemon = daemon;

@@ -30,17 +30,24 @@
 //! # Traffic tokens
 //!
 //! [`traffic_legend`] prints upstream's legend at the start of a session and [`traffic`]
-//! prints one token per event, unbuffered and without newlines. The partial target write
-//! prints `>.` as the legend says (upstream's code prints `.>`).
+//! prints one token per event, without newlines. The partial target write prints `>.` as the
+//! legend says (upstream's code prints `.>`). Both are queued for a writer thread (see
+//! `logging::sink`): a stdout nobody reads drops tokens, counted in
+//! [`DROPPED_TRAFFIC_TOKENS`], and never stalls a session.
 
 use std::ffi::OsString;
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsFd as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Component, Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+
+use crate::logging::sink::{Settings, Sink, log_report};
 
 /// The first line of every recording.
 pub const HEADER: &str = "var VNC_frame_data = [\n";
@@ -56,6 +63,9 @@ const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
 /// Payload escaped per step, so a huge payload never needs a huge buffer.
 const ESCAPE_CHUNK: usize = 16 * 1024;
+
+/// Existing recordings skipped in a row before a session goes unrecorded.
+const MAX_SKIPPED: u32 = 100_000;
 
 /// Client bytes held back while waiting for the end of their message; a longer message is
 /// recorded as several lines.
@@ -119,11 +129,40 @@ impl Recorder {
         PathBuf::from(name)
     }
 
-    /// Opens (truncating) the file of the next session and buffers the header. The session
-    /// clock starts now. The error names the file.
+    /// Creates the file of the next session (mode 0600) and buffers the header; the session
+    /// clock starts now. An existing file is never opened: its number is skipped, so a
+    /// recording of an earlier run is not truncated, and a planted `FILE.n -> victim` symlink
+    /// is neither followed nor replaced (upstream truncates whatever is there). The error
+    /// names the file.
     pub fn start(&self) -> io::Result<Recording> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        Recording::create(self.path_for(n))
+        for _ in 0..MAX_SKIPPED {
+            let path = self.path_for(self.next.fetch_add(1, Ordering::Relaxed));
+            let created = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .mode(0o600)
+                .open(&path);
+            match created {
+                Ok(file) => return Ok(Recording::new(path, file)),
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                    tracing::debug!("not recording to {}: it exists", path.display());
+                }
+                Err(err) => {
+                    return Err(io::Error::new(
+                        err.kind(),
+                        format!("{}: {err}", path.display()),
+                    ));
+                }
+            }
+        }
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "{}.*: {MAX_SKIPPED} numbers in a row already exist; move old recordings away",
+                self.base.display()
+            ),
+        ))
     }
 }
 
@@ -159,21 +198,19 @@ pub struct Recording {
 }
 
 impl Recording {
-    fn create(path: PathBuf) -> io::Result<Recording> {
-        let file = File::create(&path)
-            .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", path.display())))?;
+    fn new(path: PathBuf, file: File) -> Recording {
         tracing::info!("opening record file: {}", path.display());
         let now = Instant::now();
         let mut buf = Vec::with_capacity(4096);
         buf.extend_from_slice(HEADER.as_bytes());
-        Ok(Recording {
+        Recording {
             path,
             file: Some(file),
             buf,
             pending: Vec::new(),
             started: now,
             last_flush: now,
-        })
+        }
     }
 
     /// The file this session is recorded to.
@@ -409,20 +446,45 @@ impl Token {
     }
 }
 
-/// Prints the traffic legend to stdout (flushed).
+/// `--traffic` tokens lost since the start because stdout was not reading: a metric.
+pub static DROPPED_TRAFFIC_TOKENS: AtomicU64 = AtomicU64::new(0);
+
+/// Tokens (or legends) queued for stdout while it is not reading; more are dropped.
+const TRAFFIC_QUEUE: usize = 8192;
+
+/// The `--traffic` output, started on first use; None if it cannot start.
+static TRAFFIC: OnceLock<Option<Sink>> = OnceLock::new();
+
+/// Stdout behind a non-blocking sink: a duplicate of fd 1, written by its own thread, so that a
+/// stdout nobody reads costs dropped tokens (counted, reported in the log when it reads again)
+/// and never a stalled session. Upstream prints each token with a blocking write and flush.
+fn traffic_out() -> Option<&'static Sink> {
+    TRAFFIC
+        .get_or_init(|| {
+            let fd = io::stdout().as_fd().try_clone_to_owned().ok()?;
+            let settings = Settings {
+                name: "stdout (--traffic)".into(),
+                unit: "traffic tokens",
+                capacity: TRAFFIC_QUEUE,
+                counter: &DROPPED_TRAFFIC_TOKENS,
+            };
+            Sink::spawn(settings, Box::new(File::from(fd)), Box::new(log_report)).ok()
+        })
+        .as_ref()
+}
+
+/// Prints the traffic legend to stdout (queued, never blocking).
 pub fn traffic_legend() {
-    emit(&mut io::stdout().lock(), TRAFFIC_LEGEND);
+    if let Some(out) = traffic_out() {
+        out.send_static(TRAFFIC_LEGEND);
+    }
 }
 
-/// Prints one traffic token to stdout (no newline, flushed).
+/// Prints one traffic token to stdout (no newline; queued, never blocking).
 pub fn traffic(token: Token) {
-    emit(&mut io::stdout().lock(), token.as_str());
-}
-
-/// Writes and flushes; a closed stdout (e.g. after `--daemon`) is not an error worth a log.
-fn emit(out: &mut impl Write, text: &str) {
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
+    if let Some(out) = traffic_out() {
+        out.send_static(token.as_str());
+    }
 }
 
 #[cfg(test)]
@@ -608,21 +670,59 @@ mod tests {
     }
 
     #[test]
-    fn sessions_are_numbered_from_one_and_files_truncated() {
+    fn sessions_are_numbered_from_one_skipping_existing_files_untouched() {
         let dir = tempfile::tempdir().unwrap();
         let rec = recorder(&dir);
-        std::fs::write(dir.path().join("rec.2"), "x".repeat(10_000)).unwrap();
+        let earlier = "x".repeat(10_000);
+        std::fs::write(dir.path().join("rec.2"), &earlier).unwrap();
         let first = rec.start().unwrap();
         let second = rec.start().unwrap();
         assert_eq!(first.path(), dir.path().join("rec.1"));
-        assert_eq!(second.path(), dir.path().join("rec.2"));
+        assert_eq!(second.path(), dir.path().join("rec.3"));
         drop(first);
         drop(second);
+        assert_eq!(read(&dir.path().join("rec.2")), earlier);
         assert_eq!(
-            read(&dir.path().join("rec.2")),
+            read(&dir.path().join("rec.3")),
             format!("{HEADER}{TRAILER}")
         );
-        assert_eq!(rec.start().unwrap().path(), dir.path().join("rec.3"));
+        assert_eq!(rec.start().unwrap().path(), dir.path().join("rec.4"));
+    }
+
+    #[test]
+    fn planted_symlinks_are_neither_followed_nor_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = recorder(&dir);
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let missing = dir.path().join("would-be-created");
+        std::os::unix::fs::symlink(&victim, rec.path_for(1)).unwrap();
+        std::os::unix::fs::symlink(&missing, rec.path_for(2)).unwrap();
+        let mut r = rec.start().unwrap();
+        assert_eq!(r.path(), rec.path_for(3));
+        r.from_client(b"keystrokes");
+        r.finish();
+        assert_eq!(read(&victim), "precious");
+        assert!(!missing.exists(), "a dangling symlink was followed");
+        for n in [1, 2] {
+            let meta = std::fs::symlink_metadata(rec.path_for(n)).unwrap();
+            assert!(meta.file_type().is_symlink(), "{n} replaced");
+        }
+        assert!(read(&rec.path_for(3)).contains("keystrokes"));
+    }
+
+    #[test]
+    fn recordings_are_readable_by_the_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let rec = recorder(&dir);
+        drop(rec.start().unwrap());
+        let mode = std::fs::metadata(rec.path_for(1))
+            .unwrap()
+            .permissions()
+            .mode();
+        // The umask can only take bits away from 0600.
+        assert_eq!(mode & 0o177, 0, "{mode:o}");
     }
 
     #[test]
@@ -695,11 +795,10 @@ mod tests {
 
     #[test]
     fn write_error_is_logged_once_and_recording_stops() {
-        let dir = tempfile::tempdir().unwrap();
-        let rec = recorder(&dir);
-        std::os::unix::fs::symlink("/dev/full", rec.path_for(1)).unwrap();
+        let path = PathBuf::from("/tmp/session.1");
+        let full = || File::options().write(true).open("/dev/full").unwrap();
         let logs = capture_logs(|| {
-            let mut r = rec.start().unwrap();
+            let mut r = Recording::new(path.clone(), full());
             assert!(r.is_active());
             for _ in 0..10 {
                 r.from_target(&vec![0xffu8; 30_000]);
@@ -711,13 +810,12 @@ mod tests {
         });
         assert_eq!(logs.matches("recording stopped").count(), 1, "{logs}");
         assert!(logs.contains("WARN"), "{logs}");
-        assert!(logs.contains(&*rec.path_for(1).to_string_lossy()), "{logs}");
+        assert!(logs.contains("/tmp/session.1"), "{logs}");
         assert!(logs.contains("No space left on device"), "{logs}");
 
         // Also when the only write is the final one.
-        std::os::unix::fs::symlink("/dev/full", rec.path_for(2)).unwrap();
         let logs = capture_logs(|| {
-            let mut r = rec.start().unwrap();
+            let mut r = Recording::new(path.clone(), full());
             r.from_target(b"x");
             drop(r);
         });
@@ -782,6 +880,11 @@ mod tests {
             .output()
             .is_err()
         {
+            // CI sets WEBSOCKIFY_REQUIRE_ALL=1: there a missing program is a failure.
+            assert!(
+                std::env::var_os("WEBSOCKIFY_REQUIRE_ALL").is_none_or(|v| v != "1"),
+                "node is not installed (apt-get install nodejs) and WEBSOCKIFY_REQUIRE_ALL=1"
+            );
             eprintln!("node not installed: skipping");
             return;
         }
@@ -870,12 +973,12 @@ mod tests {
             Token::ClientSend,
             Token::ClientSendPartial,
         ];
-        let mut out = Vec::new();
+        let mut out = String::new();
         for token in tokens {
-            emit(&mut out, token.as_str());
+            out.push_str(token.as_str());
             // Every token appears in the legend.
             assert!(TRAFFIC_LEGEND.contains(&format!("    {:<2} - ", token.as_str())));
         }
-        assert_eq!(out, b"}}.{>>.<<.");
+        assert_eq!(out, "}}.{>>.<<.");
     }
 }

@@ -2,6 +2,7 @@
 //! One test binary (ripgrep's layout); every test is bounded in time.
 
 mod cli;
+mod hardening;
 mod ops;
 mod proxy;
 mod tls;

@@ -17,6 +17,10 @@ use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{HeaderMap, StatusCode};
 use subtle::{Choice, ConstantTimeEq};
 
+mod client_cert;
+
+pub use client_cert::subject_cn;
+
 /// Upstream's module path; `--auth-plugin` takes a class name with or without it.
 const PLUGIN_PREFIX: &str = "websockify.auth_plugins.";
 
@@ -557,139 +561,13 @@ fn split_port(authority: &str) -> Option<(&str, Option<u16>)> {
     (bracketed || plain).then_some((host, port))
 }
 
-// A hand-written reader for the one field needed, instead of x509-parser: that crate brings about
-// 20 crates (nom, asn1-rs and its proc macros, time, num-bigint) into the build for a few lines of
-// DER walking. The input is a certificate rustls/webpki has already parsed and verified; the walk
-// still checks every length against the buffer and returns None on anything unexpected.
-
-const TAG_INTEGER: u8 = 0x02;
-const TAG_OID: u8 = 0x06;
-const TAG_SEQUENCE: u8 = 0x30;
-const TAG_SET: u8 = 0x31;
-/// `[0] EXPLICIT Version`, absent in v1 certificates.
-const TAG_VERSION: u8 = 0xa0;
-const TAG_UTF8_STRING: u8 = 0x0c;
-const TAG_PRINTABLE_STRING: u8 = 0x13;
-const TAG_TELETEX_STRING: u8 = 0x14;
-const TAG_IA5_STRING: u8 = 0x16;
-const TAG_VISIBLE_STRING: u8 = 0x1a;
-const TAG_UNIVERSAL_STRING: u8 = 0x1c;
-const TAG_BMP_STRING: u8 = 0x1e;
-/// The contents of OID 2.5.4.3, id-at-commonName.
-const OID_COMMON_NAME: &[u8] = &[0x55, 0x04, 0x03];
-
-/// Reads one DER element from the front of `input`: (tag, contents, rest).
-fn read_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    // High-number tags (low five bits all set) do not occur in the fields walked here.
-    if tag & 0x1f == 0x1f {
-        return None;
-    }
-    let (&first, mut rest) = rest.split_first()?;
-    let len = if first < 0x80 {
-        usize::from(first)
-    } else {
-        // Long form: the low bits count the length bytes. 0x80 is BER's indefinite length (not
-        // DER), and more than 4 length bytes cannot be a certificate.
-        let count = usize::from(first & 0x7f);
-        if count == 0 || count > 4 {
-            return None;
-        }
-        let (bytes, after) = rest.split_at_checked(count)?;
-        rest = after;
-        bytes
-            .iter()
-            .fold(0usize, |len, &b| (len << 8) | usize::from(b))
-    };
-    let (contents, rest) = rest.split_at_checked(len)?;
-    Some((tag, contents, rest))
-}
-
-/// Reads one element that must have `tag`: (contents, rest).
-fn read_tagged(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (found, contents, rest) = read_element(input)?;
-    (found == tag).then_some((contents, rest))
-}
-
-/// The subject commonName of a DER certificate.
-///
-/// With several commonName attributes the last one counts: it is the most specific in DER order,
-/// and upstream's `dict()` of the subject keeps the last too. None when there is no commonName,
-/// when that last one is not a string type, or when the DER is malformed.
-pub fn subject_cn(der: &[u8]) -> Option<String> {
-    let (certificate, trailing) = read_tagged(der, TAG_SEQUENCE)?;
-    if !trailing.is_empty() {
-        return None;
-    }
-    let (tbs, _signature) = read_tagged(certificate, TAG_SEQUENCE)?;
-    let (first_tag, _, after_version) = read_element(tbs)?;
-    let fields = if first_tag == TAG_VERSION {
-        after_version
-    } else {
-        tbs
-    };
-    let (_serial, rest) = read_tagged(fields, TAG_INTEGER)?;
-    let (_signature_algorithm, rest) = read_tagged(rest, TAG_SEQUENCE)?;
-    let (_issuer, rest) = read_tagged(rest, TAG_SEQUENCE)?;
-    let (_validity, rest) = read_tagged(rest, TAG_SEQUENCE)?;
-    let (subject, _) = read_tagged(rest, TAG_SEQUENCE)?;
-    last_common_name(subject)
-}
-
-/// Walks `Name ::= SEQUENCE OF SET OF SEQUENCE { type OID, value ANY }` (the contents).
-fn last_common_name(mut rdns: &[u8]) -> Option<String> {
-    let mut found: Option<Option<String>> = None;
-    while !rdns.is_empty() {
-        let (rdn, next_rdn) = read_tagged(rdns, TAG_SET)?;
-        let mut attributes = rdn;
-        while !attributes.is_empty() {
-            let (attribute, next_attribute) = read_tagged(attributes, TAG_SEQUENCE)?;
-            let (oid, value) = read_tagged(attribute, TAG_OID)?;
-            if oid == OID_COMMON_NAME {
-                let (tag, text, extra) = read_element(value)?;
-                if !extra.is_empty() {
-                    return None;
-                }
-                found = Some(directory_string(tag, text));
-            }
-            attributes = next_attribute;
-        }
-        rdns = next_rdn;
-    }
-    // An unreadable last commonName is not replaced by an earlier one.
-    found.flatten()
-}
-
-/// Decodes the string types X.520 allows for a commonName.
-fn directory_string(tag: u8, bytes: &[u8]) -> Option<String> {
-    match tag {
-        TAG_UTF8_STRING => String::from_utf8(bytes.to_vec()).ok(),
-        TAG_PRINTABLE_STRING | TAG_IA5_STRING | TAG_VISIBLE_STRING => bytes
-            .is_ascii()
-            .then(|| bytes.iter().copied().map(char::from).collect()),
-        // OpenSSL, which gives Python its commonName, reads T.61 strings as ISO-8859-1.
-        TAG_TELETEX_STRING => Some(bytes.iter().copied().map(char::from).collect()),
-        TAG_BMP_STRING if bytes.len().is_multiple_of(2) => {
-            let units = bytes
-                .chunks_exact(2)
-                .map(|pair| u16::from_be_bytes([pair[0], pair[1]]));
-            char::decode_utf16(units)
-                .collect::<Result<String, _>>()
-                .ok()
-        }
-        TAG_UNIVERSAL_STRING if bytes.len().is_multiple_of(4) => bytes
-            .chunks_exact(4)
-            .map(|quad| char::from_u32(u32::from_be_bytes([quad[0], quad[1], quad[2], quad[3]])))
-            .collect(),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
-    use rcgen::{CertificateParams, DistinguishedName, DnType, DnValue, KeyPair};
+    use rcgen::{DistinguishedName, DnType};
+
+    use super::client_cert::tests::{cert_for, cert_with};
 
     const CHALLENGE: &str = "Basic realm=\"Websockify\"";
 
@@ -1054,23 +932,6 @@ mod tests {
 
     // ---- ClientCertCNAuth ----
 
-    fn cert_with(dn: DistinguishedName) -> Vec<u8> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name = dn;
-        let key = KeyPair::generate().unwrap();
-        params.self_signed(&key).unwrap().der().to_vec()
-    }
-
-    /// A certificate for `C=GB, O=Example Ltd, CN=<cn>, OU=Desk`.
-    fn cert_for(cn: &str) -> Vec<u8> {
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CountryName, "GB");
-        dn.push(DnType::OrganizationName, "Example Ltd");
-        dn.push(DnType::CommonName, cn);
-        dn.push(DnType::OrganizationalUnitName, "Desk");
-        cert_with(dn)
-    }
-
     #[test]
     fn client_cert_cn_accepts_a_listed_cn() {
         let a = auth("ClientCertCNAuth", "carol alice");
@@ -1166,206 +1027,6 @@ mod tests {
         for source in [None, Some(" ")] {
             let err = config_error(Some("ClientCertCNAuth"), source, &[]);
             assert!(err.to_string().contains("--auth-source"), "{err}");
-        }
-    }
-
-    // ---- subject_cn ----
-
-    #[test]
-    fn subject_cn_finds_the_cn_among_other_rdns() {
-        assert_eq!(subject_cn(&cert_for("alice")).as_deref(), Some("alice"));
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "only");
-        assert_eq!(subject_cn(&cert_with(dn)).as_deref(), Some("only"));
-    }
-
-    #[test]
-    fn subject_cn_is_none_without_a_cn() {
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CountryName, "GB");
-        dn.push(DnType::OrganizationName, "Example Ltd");
-        assert_eq!(subject_cn(&cert_with(dn)), None);
-        assert_eq!(subject_cn(&cert_with(DistinguishedName::new())), None);
-    }
-
-    #[test]
-    fn subject_cn_takes_the_last_of_several_cns() {
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, "bob");
-        dn.push(DnType::OrganizationName, "Example Ltd");
-        // The same OID under another key, so rcgen writes a second commonName.
-        dn.push(DnType::CustomDnType(vec![2, 5, 4, 3]), "alice");
-        assert_eq!(subject_cn(&cert_with(dn)).as_deref(), Some("alice"));
-    }
-
-    #[test]
-    fn subject_cn_decodes_every_string_type() {
-        let cases: Vec<(DnValue, &str)> = vec![
-            (DnValue::Utf8String("Zoë 密".into()), "Zoë 密"),
-            (
-                DnValue::PrintableString("Alice Smith".try_into().unwrap()),
-                "Alice Smith",
-            ),
-            (
-                DnValue::Ia5String("alice@example.org".try_into().unwrap()),
-                "alice@example.org",
-            ),
-            (DnValue::TeletexString("alice".try_into().unwrap()), "alice"),
-            (DnValue::BmpString("Zoë".try_into().unwrap()), "Zoë"),
-            (
-                DnValue::UniversalString("Zoë 🦀".try_into().unwrap()),
-                "Zoë 🦀",
-            ),
-        ];
-        for (value, expected) in cases {
-            let mut dn = DistinguishedName::new();
-            dn.push(DnType::CommonName, value);
-            assert_eq!(subject_cn(&cert_with(dn)).as_deref(), Some(expected));
-        }
-    }
-
-    /// DER element with `tag` around the concatenated `parts`.
-    fn tlv(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
-        let body = parts.concat();
-        let len = body.len();
-        let mut out = vec![tag];
-        match len {
-            0..0x80 => out.push(len as u8),
-            0x80..0x100 => out.extend([0x81, len as u8]),
-            _ => out.extend([0x82, (len >> 8) as u8, len as u8]),
-        }
-        out.extend(body);
-        out
-    }
-
-    /// `AttributeTypeAndValue` with the OID contents `oid`.
-    fn attribute(oid: &[u8], tag: u8, value: &[u8]) -> Vec<u8> {
-        tlv(TAG_SEQUENCE, &[&tlv(TAG_OID, &[oid]), &tlv(tag, &[value])])
-    }
-
-    fn rdn(attributes: &[Vec<u8>]) -> Vec<u8> {
-        let parts: Vec<&[u8]> = attributes.iter().map(Vec::as_slice).collect();
-        tlv(TAG_SET, &parts)
-    }
-
-    /// A structurally valid (unsigned) certificate with the given subject RDNs.
-    fn synthetic_cert(with_version: bool, rdns: &[Vec<u8>]) -> Vec<u8> {
-        let parts: Vec<&[u8]> = rdns.iter().map(Vec::as_slice).collect();
-        let name = tlv(TAG_SEQUENCE, &parts);
-        let version = tlv(TAG_VERSION, &[&tlv(TAG_INTEGER, &[&[2]])]);
-        let mut fields: Vec<&[u8]> = Vec::new();
-        if with_version {
-            fields.push(&version);
-        }
-        let serial = tlv(TAG_INTEGER, &[&[1]]);
-        let algorithm = tlv(TAG_SEQUENCE, &[&tlv(TAG_OID, &[&[0x2a, 0x03]])]);
-        let issuer = tlv(
-            TAG_SEQUENCE,
-            &[&rdn(&[attribute(OID_COMMON_NAME, 0x0c, b"issuer")])],
-        );
-        let validity = tlv(TAG_SEQUENCE, &[]);
-        let spki = tlv(TAG_SEQUENCE, &[]);
-        fields.extend([&serial[..], &algorithm, &issuer, &validity, &name, &spki]);
-        let tbs = tlv(TAG_SEQUENCE, &fields);
-        tlv(TAG_SEQUENCE, &[&tbs, &algorithm, &tlv(0x03, &[&[0]])])
-    }
-
-    const OID_ORG: &[u8] = &[0x55, 0x04, 0x0a];
-
-    #[test]
-    fn subject_cn_reads_v1_certificates_and_multi_valued_rdns() {
-        let cn = |v: &str| attribute(OID_COMMON_NAME, TAG_UTF8_STRING, v.as_bytes());
-        let org = attribute(OID_ORG, TAG_UTF8_STRING, b"alice");
-        let subject = [
-            rdn(std::slice::from_ref(&org)),
-            rdn(&[org.clone(), cn("alice")]),
-        ];
-        assert_eq!(
-            subject_cn(&synthetic_cert(false, &subject)).as_deref(),
-            Some("alice")
-        );
-        assert_eq!(
-            subject_cn(&synthetic_cert(true, &subject)).as_deref(),
-            Some("alice")
-        );
-        // The issuer's CN is never taken for the subject's.
-        assert_eq!(subject_cn(&synthetic_cert(true, &[rdn(&[org])])), None);
-        // Several CNs, in one RDN or in several: the last.
-        let multi = [rdn(&[cn("bob"), cn("alice")])];
-        assert_eq!(
-            subject_cn(&synthetic_cert(true, &multi)).as_deref(),
-            Some("alice")
-        );
-        let separate = [rdn(&[cn("bob")]), rdn(&[cn("alice")])];
-        assert_eq!(
-            subject_cn(&synthetic_cert(true, &separate)).as_deref(),
-            Some("alice")
-        );
-    }
-
-    #[test]
-    fn subject_cn_handles_long_form_lengths() {
-        for len in [127, 128, 255, 256, 1000] {
-            let name = "a".repeat(len);
-            let subject = [rdn(&[attribute(
-                OID_COMMON_NAME,
-                TAG_UTF8_STRING,
-                name.as_bytes(),
-            )])];
-            assert_eq!(subject_cn(&synthetic_cert(true, &subject)), Some(name));
-        }
-    }
-
-    #[test]
-    fn subject_cn_refuses_unreadable_last_cn() {
-        let good = attribute(OID_COMMON_NAME, TAG_UTF8_STRING, b"alice");
-        for bad in [
-            attribute(OID_COMMON_NAME, TAG_UTF8_STRING, b"al\xffce"),
-            attribute(OID_COMMON_NAME, 0x04, b"alice"), // OCTET STRING
-            attribute(OID_COMMON_NAME, TAG_PRINTABLE_STRING, b"al\xe9ce"),
-            attribute(OID_COMMON_NAME, TAG_BMP_STRING, b"\x00a\x00"), // odd length
-            attribute(OID_COMMON_NAME, TAG_BMP_STRING, b"\xd8\x00\x00a"), // lone surrogate
-            attribute(OID_COMMON_NAME, TAG_UNIVERSAL_STRING, b"\x00\x11\x00\x00"), // > U+10FFFF
-        ] {
-            let subject = [rdn(std::slice::from_ref(&good)), rdn(&[bad])];
-            assert_eq!(subject_cn(&synthetic_cert(true, &subject)), None);
-        }
-        let teletex = attribute(OID_COMMON_NAME, TAG_TELETEX_STRING, b"Zo\xeb");
-        let subject = [rdn(&[teletex])];
-        assert_eq!(
-            subject_cn(&synthetic_cert(true, &subject)).as_deref(),
-            Some("Zoë")
-        );
-    }
-
-    #[test]
-    fn subject_cn_refuses_malformed_der() {
-        let cert = cert_for("alice");
-        assert_eq!(subject_cn(&cert).as_deref(), Some("alice"));
-        // Every truncation, and trailing bytes.
-        for end in 0..cert.len() {
-            assert_eq!(subject_cn(&cert[..end]), None, "truncated at {end}");
-        }
-        let mut trailing = cert.clone();
-        trailing.push(0);
-        assert_eq!(subject_cn(&trailing), None);
-        // Indefinite length, over-long length field, high-number tag.
-        for bad in [
-            &[0x30, 0x80, 0x00, 0x00][..],
-            &[0x30, 0x85, 0, 0, 0, 0, 1, 0],
-            &[0x30, 0x84, 0xff, 0xff, 0xff, 0xff],
-            &[0x1f, 0x01, 0x00],
-            &[],
-        ] {
-            assert_eq!(subject_cn(bad), None, "{bad:?}");
-        }
-        // Corrupting any byte must never panic (the answer may be Some or None).
-        for i in 0..cert.len() {
-            for flip in [0x01, 0x80, 0xff] {
-                let mut corrupt = cert.clone();
-                corrupt[i] ^= flip;
-                let _ = subject_cn(&corrupt);
-            }
         }
     }
 
