@@ -1,11 +1,12 @@
 //! The WebSocket opening handshake (RFC 6455 section 4.2): is this request an upgrade, is it a
 //! valid one, and which subprotocol do we answer with. Pure functions over the request head.
 
-use hyper::Method;
+use base64::Engine as _;
 use hyper::header::{
     HeaderMap, HeaderValue, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
     UPGRADE,
 };
+use hyper::{Method, Version};
 
 use crate::relay::Mode;
 
@@ -29,6 +30,12 @@ pub enum HandshakeError {
     UnsupportedVersion(String),
     #[error("Missing Sec-WebSocket-Key header")]
     MissingKey,
+    /// RFC 6455 4.2.1: the key is the base64 of 16 random bytes.
+    #[error("Invalid Sec-WebSocket-Key header")]
+    InvalidKey,
+    /// RFC 6455 4.1: the upgrade needs HTTP/1.1 or newer; an HTTP/1.0 client cannot use it.
+    #[error("WebSocket upgrade needs HTTP/1.1")]
+    OldHttp,
     #[error("Invalid protocol selected")]
     InvalidProtocol,
 }
@@ -45,8 +52,12 @@ pub fn is_upgrade(method: &Method, headers: &HeaderMap) -> bool {
             .any(|token| token.trim().eq_ignore_ascii_case("websocket"))
 }
 
-/// Validates an upgrade request (versions 13, 8 and 7, as upstream) and picks the subprotocol.
-pub fn accept(headers: &HeaderMap) -> Result<Accept, HandshakeError> {
+/// Validates an upgrade request (HTTP/1.1; WebSocket versions 13, 8 and 7, as upstream; a key
+/// of 16 bytes) and picks the subprotocol.
+pub fn accept(http: Version, headers: &HeaderMap) -> Result<Accept, HandshakeError> {
+    if http < Version::HTTP_11 {
+        return Err(HandshakeError::OldHttp);
+    }
     let version = headers
         .get(SEC_WEBSOCKET_VERSION)
         .ok_or(HandshakeError::MissingVersion)?;
@@ -61,6 +72,10 @@ pub fn accept(headers: &HeaderMap) -> Result<Accept, HandshakeError> {
         .map(|k| k.as_bytes().trim_ascii())
         .filter(|k| !k.is_empty())
         .ok_or(HandshakeError::MissingKey)?;
+    let mut nonce = [0u8; 18];
+    if base64::engine::general_purpose::STANDARD.decode_slice(key, &mut nonce) != Ok(16) {
+        return Err(HandshakeError::InvalidKey);
+    }
     let (protocol, mode) = choose_protocol(headers.get_all(SEC_WEBSOCKET_PROTOCOL).iter())?;
     Ok(Accept {
         accept_key: accept_key(key),
@@ -165,30 +180,49 @@ mod tests {
             ("sec-websocket-version", "13"),
             ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
         ]);
-        let accept = accept(&map).unwrap();
+        let accept = accept(Version::HTTP_11, &map).unwrap();
         assert_eq!(accept.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(accept.protocol, None);
     }
 
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
     #[test]
     fn versions_and_keys_are_checked_with_upstream_messages() {
-        let err = accept(&headers(&[("sec-websocket-key", "x")])).unwrap_err();
+        let check =
+            |pairs: &[(&'static str, &'static str)]| accept(Version::HTTP_11, &headers(pairs));
+        let err = check(&[("sec-websocket-key", KEY)]).unwrap_err();
         assert_eq!(err.to_string(), "Missing Sec-WebSocket-Version header");
-        let err = accept(&headers(&[
-            ("sec-websocket-version", "12"),
-            ("sec-websocket-key", "x"),
-        ]))
-        .unwrap_err();
+        let err =
+            check(&[("sec-websocket-version", "12"), ("sec-websocket-key", KEY)]).unwrap_err();
         assert_eq!(err.to_string(), "Unsupported protocol version 12");
-        let err = accept(&headers(&[("sec-websocket-version", "8")])).unwrap_err();
+        let err = check(&[("sec-websocket-version", "8")]).unwrap_err();
         assert_eq!(err.to_string(), "Missing Sec-WebSocket-Key header");
-        assert!(
-            accept(&headers(&[
-                ("sec-websocket-version", "7"),
-                ("sec-websocket-key", "x")
-            ]))
-            .is_ok()
-        );
+        assert!(check(&[("sec-websocket-version", "7"), ("sec-websocket-key", KEY)]).is_ok());
+    }
+
+    #[test]
+    fn a_key_that_is_not_16_bytes_of_base64_is_refused() {
+        for key in [
+            "x",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "dGhlIHNhbXBsZSBub25jZXg=",
+            "!!!!",
+        ] {
+            let mut map = headers(&[("sec-websocket-version", "13")]);
+            map.insert("sec-websocket-key", HeaderValue::from_static(key));
+            assert_eq!(
+                accept(Version::HTTP_11, &map),
+                Err(HandshakeError::InvalidKey),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_http_1_0_upgrade_is_refused() {
+        let map = headers(&[("sec-websocket-version", "13"), ("sec-websocket-key", KEY)]);
+        assert_eq!(accept(Version::HTTP_10, &map), Err(HandshakeError::OldHttp));
     }
 
     #[test]

@@ -47,6 +47,7 @@ pub mod connection;
 pub mod daemon;
 pub mod frame;
 pub mod handshake;
+pub mod http;
 pub mod listen;
 pub mod logging;
 pub mod process;

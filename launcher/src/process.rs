@@ -110,6 +110,9 @@ async fn serve(settings: Settings, daemon: &mut Option<Daemon>) -> anyhow::Resul
 fn ready(daemon: &mut Option<Daemon>) {
     listen::sd_notify("READY=1");
     if let Some(daemon) = daemon.take() {
+        // The launcher exits when told; the banner should be in the log file by then. Bounded,
+        // once, before the first connection.
+        crate::logging::sink::flush_all(std::time::Duration::from_millis(500));
         daemon.ready();
     }
 }

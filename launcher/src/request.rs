@@ -1,11 +1,12 @@
-//! The request step: read HTTP requests (with hyper) until one asks for a WebSocket upgrade,
-//! and decide each one: a file (`--web`), a refusal ([`Reject`]), or the 101 with the target
-//! the session will go to.
+//! The request step: read the client's first request head and decide it: the 101 with the
+//! target the session will go to, a refusal ([`Reject`]), or a file (`--web`).
 //!
-//! hyper enforces the head limits (16 KiB, 100 header fields: 431 beyond), the head deadline
-//! and HTTP/1.1 framing. For an upgrade we answer 101 ourselves and then take the raw stream
-//! back from hyper by type (`Upgraded::downcast`), with any bytes the client sent after the
-//! head, so the relay runs on the bare socket with no HTTP machinery left per connection.
+//! The first head is read by `http` (16 KiB, 100 fields, the handshake deadline). An upgrade
+//! or a refusal is answered right there, so a WebSocket client never meets an HTTP server.
+//! With `--web`, a connection whose first request is not an upgrade is handed to hyper (the
+//! bytes already read put back in front), which serves it and any later requests on the
+//! connection, keep-alive and all; an upgrade among those is answered through hyper, and the
+//! raw stream is taken back from it by type with the bytes the client sent after the head.
 //!
 //! The order of the checks for an upgrade: handshake validity, then authentication (so that
 //! unauthenticated clients cannot probe tokens or load a backend), then the token lookup.
@@ -15,25 +16,22 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::AsyncWriteExt as _;
+use tokio::time::Instant;
 
 use crate::config::Target;
 use crate::handshake::{self, Accept};
+use crate::http::{self, HeadError, MAX_HEAD, MAX_HEADERS};
 use crate::relay::Mode;
 use crate::response::{Body, Reject, SERVER, empty_body};
 use crate::state::Shared;
-use crate::stream::ClientStream;
+use crate::stream::{ClientStream, Prefixed};
 use crate::token::{self, Tokens};
-
-/// Most bytes of a request head (request line plus headers).
-pub const MAX_HEAD: usize = 16 * 1024;
-/// Most header fields in a request head.
-pub const MAX_HEADERS: usize = 100;
 
 /// A client that completed the WebSocket handshake.
 pub struct Upgraded {
@@ -52,6 +50,8 @@ pub struct Upgraded {
 /// Why a connection ended without an upgrade.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestError {
+    #[error(transparent)]
+    Head(#[from] HeadError),
     #[error("no complete request head within {0:?}")]
     HeadTimeout(Duration),
     #[error("bad HTTP request: {0}")]
@@ -60,16 +60,79 @@ pub enum RequestError {
     Upgrade(String),
 }
 
-/// An upgrade accepted by the service, waiting for hyper to hand the stream over.
-struct PendingUpgrade {
-    on_upgrade: hyper::upgrade::OnUpgrade,
-    mode: Mode,
+/// A request that passed every check: the 101 to send and where the session goes.
+struct Decided {
+    accept: Accept,
     path: String,
-    protocol: Option<&'static str>,
     target: Target,
 }
 
-/// What one connection's requests are answered with.
+/// What a request is answered with, short of a refusal.
+enum Routed {
+    /// A WebSocket upgrade that passed every check.
+    Upgrade(Decided),
+    /// A response from the static file server.
+    Web(Response<Body>),
+}
+
+/// Serves requests on `stream` until a WebSocket upgrade (`Ok(Some)`), or until the client
+/// goes away after non-upgrade requests (`Ok(None)`).
+pub async fn serve(
+    mut stream: ClientStream,
+    head_timeout: Duration,
+    shared: &Arc<Shared>,
+) -> Result<Option<Upgraded>, RequestError> {
+    let client_cert = stream.peer_certificate();
+    let deadline = Instant::now() + head_timeout;
+    let head = match http::read_head(&mut stream, deadline, head_timeout).await {
+        Ok(Some(head)) => head,
+        Ok(None) => return Ok(None),
+        Err(err) => {
+            if let Some(status) = err.status() {
+                let _ = http::write_response(&mut stream, http::head_error_response(status)).await;
+                let _ = stream.shutdown().await;
+            }
+            return Err(err.into());
+        }
+    };
+    if shared.web.is_some() && !handshake::is_upgrade(head.request.method(), head.request.headers())
+    {
+        let rest = deadline.saturating_duration_since(Instant::now());
+        let stream = Prefixed::new(head.raw, stream);
+        return serve_web(stream, rest, shared, client_cert).await;
+    }
+    let routed = route(&head.request, shared, client_cert.as_deref()).await;
+    let decided = match routed {
+        Ok(Routed::Upgrade(decided)) => decided,
+        // Only with --web, which went to hyper above.
+        Ok(Routed::Web(_)) => return Ok(None),
+        Err(reject) => {
+            log_refusal(&reject, &head.request);
+            let _ = http::write_response(&mut stream, reject.response()).await;
+            let _ = stream.shutdown().await;
+            return Ok(None);
+        }
+    };
+    http::write_response(&mut stream, switching_protocols(&decided.accept))
+        .await
+        .map_err(|err| RequestError::Upgrade(format!("cannot send the 101: {err}")))?;
+    Ok(Some(Upgraded {
+        stream,
+        leftover: head.rest(),
+        mode: decided.accept.mode,
+        path: decided.path,
+        protocol: decided.accept.protocol,
+        target: decided.target,
+    }))
+}
+
+/// An upgrade accepted by the hyper service, waiting for hyper to hand the stream over.
+struct PendingUpgrade {
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    decided: Decided,
+}
+
+/// What one `--web` connection's requests are answered with.
 struct Context {
     shared: Arc<Shared>,
     /// The verified TLS client certificate (DER), for `ClientCertCNAuth`.
@@ -77,16 +140,16 @@ struct Context {
     slot: Mutex<Option<PendingUpgrade>>,
 }
 
-/// Serves requests on `stream` until a WebSocket upgrade (`Ok(Some)`), or until the client
-/// goes away after non-upgrade requests (`Ok(None)`).
-pub async fn serve(
-    stream: ClientStream,
+/// Serves a `--web` connection with hyper until an upgrade or until the client goes away.
+async fn serve_web(
+    stream: Prefixed<ClientStream>,
     head_timeout: Duration,
     shared: &Arc<Shared>,
+    client_cert: Option<Vec<u8>>,
 ) -> Result<Option<Upgraded>, RequestError> {
     let context = Arc::new(Context {
         shared: Arc::clone(shared),
-        client_cert: stream.peer_certificate(),
+        client_cert,
         slot: Mutex::new(None),
     });
     let service_context = Arc::clone(&context);
@@ -119,27 +182,40 @@ pub async fn serve(
         .await
         .map_err(|err| RequestError::Upgrade(err.to_string()))?;
     let parts = upgraded
-        .downcast::<TokioIo<ClientStream>>()
+        .downcast::<TokioIo<Prefixed<ClientStream>>>()
         .map_err(|_| RequestError::Upgrade("the upgraded stream has an unexpected type".into()))?;
+    let (stream, unread) = parts.io.into_inner().into_parts();
+    // Copies: a slice would keep hyper's whole read buffer alive for the session.
+    let mut leftover = Vec::with_capacity(parts.read_buf.len() + unread.len());
+    leftover.extend_from_slice(&parts.read_buf);
+    leftover.extend_from_slice(&unread);
+    let decided = pending.decided;
     Ok(Some(Upgraded {
-        stream: parts.io.into_inner(),
-        // A copy: a slice would keep hyper's whole read buffer alive for the session.
-        leftover: if parts.read_buf.is_empty() {
-            Bytes::new()
-        } else {
-            Bytes::copy_from_slice(&parts.read_buf)
-        },
-        mode: pending.mode,
-        path: pending.path,
-        protocol: pending.protocol,
-        target: pending.target,
+        stream,
+        leftover: Bytes::from(leftover),
+        mode: decided.accept.mode,
+        path: decided.path,
+        protocol: decided.accept.protocol,
+        target: decided.target,
     }))
 }
 
-/// Answers one request; a refusal is logged here, once, and becomes its error page.
-async fn respond(mut request: Request<Incoming>, context: &Context) -> Response<Body> {
-    match route(&mut request, context).await {
-        Ok(response) => response,
+/// Answers one request on a `--web` connection; a refusal is logged here, once, and becomes
+/// its error page.
+async fn respond(mut request: Request<hyper::body::Incoming>, context: &Context) -> Response<Body> {
+    match route(&request, &context.shared, context.client_cert.as_deref()).await {
+        Ok(Routed::Web(response)) => response,
+        Ok(Routed::Upgrade(decided)) => {
+            let response = switching_protocols(&decided.accept);
+            let on_upgrade = hyper::upgrade::on(&mut request);
+            if let Ok(mut slot) = context.slot.lock() {
+                *slot = Some(PendingUpgrade {
+                    on_upgrade,
+                    decided,
+                });
+            }
+            response
+        }
         Err(reject) => {
             log_refusal(&reject, &request);
             reject.response()
@@ -147,14 +223,22 @@ async fn respond(mut request: Request<Incoming>, context: &Context) -> Response<
     }
 }
 
-/// A file (`--web`), or the 101 for a good upgrade (remembered in the context's slot for
-/// [`serve`]), or why not.
-async fn route(
-    request: &mut Request<Incoming>,
-    context: &Context,
-) -> Result<Response<Body>, Reject> {
-    let shared = &context.shared;
-    let client_cert = context.client_cert.as_deref();
+/// Decides one request: a file (`--web`), an upgrade with its target, or why not.
+async fn route<B>(
+    request: &Request<B>,
+    shared: &Shared,
+    client_cert: Option<&[u8]>,
+) -> Result<Routed, Reject> {
+    if request
+        .headers()
+        .get_all(header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        // RFC 9112 3.2: more than one Host is a bad request (and --host-token must not pick).
+        return Err(Reject::DuplicateHost);
+    }
     if !handshake::is_upgrade(request.method(), request.headers()) {
         let web = shared.web.as_ref().ok_or(Reject::WebSocketOnly)?;
         if shared.config.web_auth {
@@ -163,9 +247,10 @@ async fn route(
                 .check(request.headers(), client_cert)
                 .map_err(Reject::Auth)?;
         }
-        return Ok(web.serve(request).await);
+        return Ok(Routed::Web(web.serve(request).await));
     }
-    let accept = handshake::accept(request.headers()).map_err(Reject::Handshake)?;
+    let accept =
+        handshake::accept(request.version(), request.headers()).map_err(Reject::Handshake)?;
     shared
         .auth
         .check(request.headers(), client_cert)
@@ -174,17 +259,11 @@ async fn route(
         None => shared.config.target.clone(),
         Some(tokens) => choose_target(tokens, request, shared).await?,
     };
-    let pending = PendingUpgrade {
-        on_upgrade: hyper::upgrade::on(&mut *request),
-        mode: accept.mode,
+    Ok(Routed::Upgrade(Decided {
+        accept,
         path: request.uri().path().to_owned(),
-        protocol: accept.protocol,
         target,
-    };
-    if let Ok(mut slot) = context.slot.lock() {
-        *slot = Some(pending);
-    }
-    Ok(switching_protocols(&accept))
+    }))
 }
 
 /// The 101 that completes the WebSocket handshake.
@@ -210,9 +289,9 @@ fn switching_protocols(accept: &Accept) -> Response<Body> {
 /// Looks the request's token up. Upstream closes silently on token errors (the browser sees
 /// only 1006); we answer with a status and a short reason, and log a tag of the token, never
 /// the token itself.
-async fn choose_target(
+async fn choose_target<B>(
     tokens: &Tokens,
-    request: &Request<Incoming>,
+    request: &Request<B>,
     shared: &Shared,
 ) -> Result<Target, Reject> {
     let host_token = shared.config.token.as_ref().is_some_and(|t| t.host_token);
@@ -240,7 +319,7 @@ async fn choose_target(
 }
 
 /// One log line per refused request: the detail the client is not told.
-fn log_refusal(reject: &Reject, request: &Request<Incoming>) {
+fn log_refusal<B>(reject: &Reject, request: &Request<B>) {
     let path = request.uri().path();
     match reject {
         Reject::WebSocketOnly => tracing::info!(
@@ -249,6 +328,7 @@ fn log_refusal(reject: &Reject, request: &Request<Incoming>) {
             "refused plain HTTP request: no --web directory"
         ),
         Reject::Handshake(err) => tracing::info!(path, "refused WebSocket handshake: {err}"),
+        Reject::DuplicateHost => tracing::info!(path, "refused request: more than one Host header"),
         Reject::Auth(reject) => tracing::info!(
             path,
             status = reject.status.as_u16(),

@@ -42,6 +42,8 @@ pub enum Reject {
     WebSocketOnly,
     /// A malformed WebSocket upgrade: 400 with upstream's reason.
     Handshake(HandshakeError),
+    /// More than one `Host` header (RFC 9112 section 3.2): 400.
+    DuplicateHost,
     /// The `--allowed-origin` list or the auth plugin refused: 400, 401 or 403.
     Auth(AuthReject),
     /// The token plugin needs a token and the request has none: 400.
@@ -76,7 +78,9 @@ impl Reject {
     pub fn status(&self) -> StatusCode {
         match self {
             Reject::WebSocketOnly | Reject::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Reject::Handshake(_) | Reject::TokenMissing { .. } => StatusCode::BAD_REQUEST,
+            Reject::Handshake(_) | Reject::DuplicateHost | Reject::TokenMissing { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             Reject::Auth(reject) => reject.status,
             Reject::TokenUnknown { .. } | Reject::FileNotFound => StatusCode::NOT_FOUND,
             Reject::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -89,6 +93,7 @@ impl Reject {
     fn reason(&self) -> Option<Cow<'static, str>> {
         match self {
             Reject::Handshake(err) => Some(err.to_string().into()),
+            Reject::DuplicateHost => Some("Duplicate Host header".into()),
             Reject::Auth(reject) => Some(reject.reason.into()),
             Reject::TokenMissing { .. } => Some("Token not present".into()),
             Reject::TokenUnknown { .. } => Some("Token not found".into()),
