@@ -32,6 +32,9 @@ pub enum TokenError {
     /// Redis did not answer in time.
     #[error("Redis did not answer within {} ms", .0.as_millis())]
     RedisTimeout(Duration),
+    /// The lookup as a whole did not finish in time (whatever the backend was doing).
+    #[error("token lookup did not finish within {} ms", .0.as_millis())]
+    Deadline(Duration),
     /// The blocking task that reads token files did not finish.
     #[error("token file lookup task failed: {0}")]
     Task(String),

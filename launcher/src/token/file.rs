@@ -9,10 +9,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::io::AsyncReadExt;
+use anyhow::{anyhow, bail};
 use tracing::{debug, info, warn};
 
-use super::error::{TokenError, token_tag};
+use super::error::{TokenError, one_line, token_tag};
+use super::read::{MAX_TOKEN_FILE_BYTES, ReadError, check_regular, read_regular_file};
 use super::value::{is_plain_file_name, parse_target};
 use crate::config::Target;
 
@@ -28,6 +29,7 @@ pub(super) struct TokenFiles {
     cache: Mutex<Option<Parsed>>,
 }
 
+#[derive(Clone)]
 struct Parsed {
     stamps: Vec<FileStamp>,
     targets: Arc<HashMap<String, Target>>,
@@ -59,8 +61,22 @@ impl FileStamp {
 
 impl TokenFiles {
     /// Parses right away so syntax errors show at start; a missing source is only a warning
-    /// (upstream reads it on the first lookup, and lookups fail until it exists).
-    pub(super) fn new(source: &str, reload: bool) -> Self {
+    /// (upstream reads it on the first lookup, and lookups fail until it exists). A source that
+    /// exists but is neither a regular file nor a directory (a FIFO, `/dev/zero`), or a file over
+    /// the size cap, is an error: reading it would block or never end.
+    pub(super) fn new(plugin: &str, source: &str, reload: bool) -> anyhow::Result<Self> {
+        match fs::metadata(source) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => bail!("--token-source={source}: {e}"),
+            Ok(meta) if meta.is_dir() => {}
+            Ok(meta) => check_regular(&meta, MAX_TOKEN_FILE_BYTES).map_err(|e| {
+                anyhow!(
+                    "--token-source={source}: {} (the {plugin} plugin reads a regular file or a \
+                     directory of regular files)",
+                    e.about(Path::new(source))
+                )
+            })?,
+        }
         let files = TokenFiles {
             source: PathBuf::from(source),
             reload,
@@ -68,21 +84,41 @@ impl TokenFiles {
         };
         match files.targets() {
             Ok(targets) => debug!(source, tokens = targets.len(), "token file loaded"),
+            Err(TokenError::Source { reason, .. }) if files.source.exists() => {
+                bail!("--token-source={source}: {reason}")
+            }
             Err(e) => {
                 warn!(error = %e, "token source is not readable yet; lookups fail until it is")
             }
         }
-        files
+        Ok(files)
     }
 
-    /// The current token map, re-parsed if needed. Blocking: runs on a blocking thread.
+    /// Looks `token` up in the current map, re-read on a blocking thread if needed.
+    pub(super) async fn lookup(
+        self: &Arc<Self>,
+        token: &str,
+    ) -> Result<Option<Target>, TokenError> {
+        let files = Arc::clone(self);
+        let targets = tokio::task::spawn_blocking(move || files.targets())
+            .await
+            .map_err(|e| TokenError::Task(one_line(&e)))??;
+        Ok(targets.get(token).cloned())
+    }
+
+    /// The current token map, re-parsed if needed. Blocking: runs on a blocking thread. The
+    /// cache lock is only taken to copy or replace the map, never across file I/O.
     pub(super) fn targets(&self) -> Result<Arc<HashMap<String, Target>>, TokenError> {
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(parsed) = cache.as_ref().filter(|_| !self.reload) {
+        let cached = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(parsed) = cached.as_ref().filter(|_| !self.reload) {
             return Ok(Arc::clone(&parsed.targets));
         }
         let stamps = self.stamps()?;
-        if let Some(parsed) = cache.as_ref().filter(|parsed| parsed.stamps == stamps) {
+        if let Some(parsed) = cached.as_ref().filter(|parsed| parsed.stamps == stamps) {
             return Ok(Arc::clone(&parsed.targets));
         }
         let (targets, errors) = self.parse(&stamps)?;
@@ -94,20 +130,20 @@ impl TokenFiles {
                 "syntax error in token file; line skipped"
             );
         }
-        if cache.is_some() {
+        if cached.is_some() {
             info!(source = %self.source.display(), tokens = targets.len(), "token files changed; reloaded");
         }
         let targets = Arc::new(targets);
-        *cache = Some(Parsed {
+        *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = Some(Parsed {
             stamps,
             targets: Arc::clone(&targets),
         });
         Ok(targets)
     }
 
-    /// The files that make up the source: the file itself, or the regular files of the
-    /// directory (not recursive; names starting with `.`, such as editor swap files, skipped),
-    /// in name order so that later duplicates win predictably.
+    /// The files that make up the source: the file itself, or the entries of the directory
+    /// that are not directories (not recursive; names starting with `.`, such as editor swap
+    /// files, skipped), in name order so that later duplicates win predictably.
     fn stamps(&self) -> Result<Vec<FileStamp>, TokenError> {
         let meta = fs::metadata(&self.source).map_err(|e| self.source_error(&e))?;
         if !meta.is_dir() {
@@ -120,7 +156,8 @@ impl TokenFiles {
                 continue;
             }
             let path = entry.path();
-            if let Some(meta) = fs::metadata(&path).ok().filter(fs::Metadata::is_file) {
+            // FIFOs and devices are kept here so that parse() names them in a warning.
+            if let Some(meta) = fs::metadata(&path).ok().filter(|m| !m.is_dir()) {
                 stamps.push(FileStamp::new(path, &meta));
             }
         }
@@ -128,7 +165,8 @@ impl TokenFiles {
         Ok(stamps)
     }
 
-    /// Reads and parses the files of `stamps`, in order.
+    /// Reads and parses the files of `stamps`, in order. In a directory, a file that cannot
+    /// be used (not a regular file, over the cap, unreadable) is skipped with a warning.
     fn parse(
         &self,
         stamps: &[FileStamp],
@@ -137,13 +175,18 @@ impl TokenFiles {
         let mut targets = HashMap::new();
         let mut errors = Vec::new();
         for stamp in stamps {
-            let bytes = match fs::read(&stamp.path) {
+            let bytes = match read_regular_file(&stamp.path, MAX_TOKEN_FILE_BYTES) {
                 Ok(bytes) => bytes,
-                Err(e) if single_file => return Err(self.source_error(&e)),
+                Err(e) if single_file => {
+                    return Err(TokenError::Source {
+                        path: self.source.clone(),
+                        reason: e.about(&self.source),
+                    });
+                }
                 Err(e) => {
-                    // Removed or replaced between the listing and the read: the next lookup
-                    // sees a different listing and parses again.
-                    warn!(file = %stamp.path.display(), error = %e, "token file skipped");
+                    // Also when removed or replaced between the listing and the read: the next
+                    // lookup sees a different listing and parses again.
+                    warn!("token file skipped: {}", e.about(&stamp.path));
                     continue;
                 }
             };
@@ -235,24 +278,29 @@ pub(super) async fn lookup_file_name(
         debug!(token = %token_tag(token), "token is not a plain file name");
         return Ok(None);
     }
-    // Errors name the directory only: the file name is the token.
-    let source_error = |e: io::Error| TokenError::Source {
-        path: dir.to_path_buf(),
-        reason: format!("the token's file: {e}"),
-    };
     let path = dir.join(token);
-    match tokio::fs::metadata(&path).await {
-        Ok(meta) if meta.is_file() => {}
-        Ok(_) => return Ok(None),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(source_error(e)),
-    }
-    let file = tokio::fs::File::open(&path).await.map_err(source_error)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_TARGET_FILE_BYTES)
-        .read_to_end(&mut bytes)
+    let read = tokio::task::spawn_blocking(move || read_regular_file(&path, MAX_TARGET_FILE_BYTES))
         .await
-        .map_err(source_error)?;
+        .map_err(|e| TokenError::Task(one_line(&e)))?;
+    let bytes = match read {
+        Ok(bytes) => bytes,
+        // Only a regular file can be a token: a FIFO or device there is an unknown token.
+        Err(ReadError::NotRegular(_)) => return Ok(None),
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(ReadError::TooLarge(_)) => {
+            return Err(TokenError::BadTarget {
+                backend: "TokenFileName",
+                reason: "the token's file is larger than 64 KiB".into(),
+            });
+        }
+        // Errors name the directory only: the file name is the token.
+        Err(e) => {
+            return Err(TokenError::Source {
+                path: dir.to_path_buf(),
+                reason: format!("the token's file: {e}"),
+            });
+        }
+    };
     let bad = |reason: String| TokenError::BadTarget {
         backend: "TokenFileName",
         reason,
@@ -341,7 +389,8 @@ mod tests {
             "vm3: 10.0.0.3:5900\nbroken line\n# c\nvm4 10.0.0.4:1\n",
         )
         .expect("write");
-        let files = TokenFiles::new(dir.path().to_str().expect("utf-8"), true);
+        let files =
+            TokenFiles::new("TokenFile", dir.path().to_str().expect("utf-8"), true).expect("files");
         let stamps = files.stamps().expect("stamps");
         let (targets, errors) = files.parse(&stamps).expect("parse");
         assert_eq!(targets.len(), 3);
@@ -536,6 +585,136 @@ mod tests {
                 );
             }
             let err = tokens.lookup("bad").await.expect_err("bad content");
+            assert!(matches!(err, TokenError::BadTarget { .. }), "{err}");
+        })
+        .await;
+    }
+
+    // ---- sources that are not regular files, or too large ----
+
+    fn mkfifo(path: &Path) {
+        nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    }
+
+    /// `Tokens::new` on a blocking thread under a time bound: a start-up that hangs fails the
+    /// test instead of hanging it.
+    async fn start(plugin: &'static str, source: &Path) -> anyhow::Result<Tokens> {
+        let source = source.to_str().expect("utf-8").to_owned();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::task::spawn_blocking(move || Tokens::new(plugin, Some(&source))),
+        )
+        .await
+        .expect("start-up hung")
+        .expect("task")
+    }
+
+    #[tokio::test]
+    async fn fifo_and_dev_zero_sources_are_refused_at_start() {
+        bounded(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let fifo = dir.path().join("tokens.fifo");
+            mkfifo(&fifo);
+            for plugin in ["TokenFile", "ReadOnlyTokenFile"] {
+                for (source, kind) in [
+                    (fifo.as_path(), "is a FIFO (named pipe), not a regular file"),
+                    (
+                        Path::new("/dev/zero"),
+                        "is a character device, not a regular file",
+                    ),
+                ] {
+                    let err = start(plugin, source).await.expect_err("refused");
+                    let text = format!("{err:#}");
+                    assert!(
+                        text.contains(&format!("{} {kind}", source.display()))
+                            && text.contains("--token-source")
+                            && text.contains(plugin),
+                        "{text}"
+                    );
+                }
+            }
+            let key = start("JWTTokenApi", &fifo).await.expect_err("fifo key");
+            assert!(format!("{key:#}").contains("FIFO"), "{key:#}");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn oversized_token_file_is_refused_naming_the_file_and_the_cap() {
+        bounded(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let big = dir.path().join("big");
+            // Sparse: costs no disk space.
+            fs::File::create(&big)
+                .and_then(|f| f.set_len(MAX_TOKEN_FILE_BYTES + 1))
+                .expect("big file");
+            let err = start("TokenFile", &big).await.expect_err("too large");
+            let text = format!("{err:#}");
+            assert!(
+                text.contains(&format!(
+                    "{} is larger than the 16 MiB limit",
+                    big.display()
+                )),
+                "{text}"
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_source_replaced_by_a_fifo_fails_lookups_at_once() {
+        bounded(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let file = dir.path().join("tokens");
+            fs::write(&file, "vm1: 10.0.0.1:5900\n").expect("write");
+            let tokens = start("TokenFile", &file).await.expect("tokens");
+            assert_eq!(
+                tokens.lookup("vm1").await.expect("lookup"),
+                Some(tcp("10.0.0.1", 5900))
+            );
+            fs::remove_file(&file).expect("remove");
+            mkfifo(&file);
+            let err = tokens.lookup("vm1").await.expect_err("fifo");
+            assert!(matches!(err, TokenError::Source { .. }), "{err}");
+            assert!(err.to_string().contains("FIFO"), "{err}");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn fifos_and_oversized_files_in_a_directory_are_skipped() {
+        bounded(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            fs::write(dir.path().join("a"), "vm1: 10.0.0.1:5900\n").expect("write");
+            mkfifo(&dir.path().join("b-fifo"));
+            fs::File::create(dir.path().join("c-big"))
+                .and_then(|f| f.set_len(MAX_TOKEN_FILE_BYTES + 1))
+                .expect("big file");
+            fs::write(dir.path().join("d"), "vm2: 10.0.0.2:5900\n").expect("write");
+            let tokens = start("TokenFile", dir.path()).await.expect("tokens");
+            assert_eq!(
+                tokens.lookup("vm1").await.expect("lookup"),
+                Some(tcp("10.0.0.1", 5900))
+            );
+            assert_eq!(
+                tokens.lookup("vm2").await.expect("lookup"),
+                Some(tcp("10.0.0.2", 5900))
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn token_file_name_never_opens_a_fifo_and_refuses_huge_files() {
+        bounded(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            mkfifo(&dir.path().join("fifo"));
+            fs::File::create(dir.path().join("big"))
+                .and_then(|f| f.set_len(MAX_TARGET_FILE_BYTES + 1))
+                .expect("big file");
+            let tokens = start("TokenFileName", dir.path()).await.expect("tokens");
+            assert_eq!(tokens.lookup("fifo").await.expect("lookup"), None);
+            let err = tokens.lookup("big").await.expect_err("too large");
             assert!(matches!(err, TokenError::BadTarget { .. }), "{err}");
         })
         .await;

@@ -2,7 +2,6 @@
 //! target, verified with the key file given as the source (PEM public or private key, or an
 //! HMAC secret read as upstream's jwcrypto reads it).
 
-use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, anyhow, bail};
@@ -12,8 +11,12 @@ use serde_json::{Map, Value};
 use tracing::warn;
 
 use super::error::{TokenError, token_tag};
+use super::read::read_regular_file;
 use super::value::target_from_json;
 use crate::config::Target;
+
+/// Largest JWT key file read: a PEM key or secret is a few KiB.
+const MAX_KEY_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Verification keys read once from the key file, with the algorithms each may check.
 pub(super) struct JwtKeys {
@@ -37,8 +40,12 @@ impl JwtKeys {
     /// (trimmed) is accepted as a second secret, as most JWT libraries use it.
     pub(super) fn load(path: &Path) -> anyhow::Result<Self> {
         let shown = path.display();
-        let bytes = fs::read(path)
-            .with_context(|| format!("--token-source={shown}: cannot read the JWT key file"))?;
+        let bytes = read_regular_file(path, MAX_KEY_FILE_BYTES).map_err(|e| {
+            anyhow!(
+                "--token-source={shown}: cannot read the JWT key file: {}",
+                e.about(path)
+            )
+        })?;
         if let Some(label) = pem_label(&bytes) {
             let key = pem_key(label, &bytes).with_context(|| {
                 format!("--token-source={shown}: cannot use the PEM key ({label})")
@@ -268,6 +275,7 @@ mod tests {
     use super::*;
     use jsonwebtoken::{EncodingKey, Header, encode, get_current_timestamp};
     use serde_json::json;
+    use std::fs;
 
     use crate::token::Tokens;
     use crate::token::testing::{bounded, tcp};
