@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 
 /// Why a lookup failed (not "unknown token", which is `Ok(None)`). The message is one line and
 /// never contains the token.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
     /// A token file or directory could not be read.
     #[error("cannot read token source {}: {reason}", path.display())]

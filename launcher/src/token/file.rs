@@ -1,17 +1,22 @@
 //! The file back-ends: `TokenFile` and `ReadOnlyTokenFile` (a file of `token: host:port`
-//! lines, or a directory of such files, parsed and cached) and `TokenFileName` (one file per
-//! token, `<dir>/<token>` holding the target). File syntax as upstream's `token_plugins.py`.
+//! lines, or a directory of such files, parsed into a map that lookups read without file I/O,
+//! refreshed when inotify reports a change) and `TokenFileName` (one file per token,
+//! `<dir>/<token>` holding the target). File syntax as upstream's `token_plugins.py`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::changes::Changes;
 use super::error::{TokenError, one_line, token_tag};
 use super::read::{MAX_TOKEN_FILE_BYTES, ReadError, check_regular, read_regular_file};
 use super::value::{is_plain_file_name, parse_target};
@@ -20,25 +25,78 @@ use crate::config::Target;
 /// Largest `TokenFileName` file read; a target is a few dozen bytes.
 const MAX_TARGET_FILE_BYTES: u64 = 64 * 1024;
 
-/// A token file, or a directory of them, parsed once and cached. With `reload` (TokenFile) the
-/// files are stat'ed on each lookup and re-parsed when one changed, appeared or went away;
-/// without it (ReadOnlyTokenFile) the first successful parse is kept for good.
+/// How often lookups start a background re-check of a TokenFile source whose changes are not
+/// watched (inotify unavailable, or a watch could not be armed).
+const POLL_EVERY: Duration = Duration::from_secs(1);
+/// How often lookups start a background re-check of a watched source anyway, for changes
+/// inotify does not report (a network file system, a writer that never closes the file).
+const RESCAN_EVERY: Duration = Duration::from_secs(10);
+
+/// A token file, or a directory of them, parsed into one map that lookups read without file
+/// I/O and without waiting on other lookups.
+///
+/// The map is published as an immutable snapshot. A refresh runs on a blocking thread, one at
+/// a time: it re-stats the files, re-reads only those whose stamp changed, and publishes a new
+/// map. TokenFile refreshes when inotify reports a change ([`Changes`]): a lookup that finds
+/// change events queued, or a refresh under way, waits for the refresh, so a change made
+/// before a lookup starts is always seen, as with upstream's re-read on every lookup.
+/// ReadOnlyTokenFile keeps its first successful load. Both retry on each lookup while the
+/// source cannot be read, and both re-read everything on [`TokenFiles::reload`].
 pub(super) struct TokenFiles {
     source: PathBuf,
-    reload: bool,
-    cache: Mutex<Option<Parsed>>,
+    /// TokenFile: follow changes; ReadOnlyTokenFile: keep the first successful load.
+    follow: bool,
+    /// The current map (or why there is none), replaced whole by each refresh.
+    published: watch::Sender<Published>,
+    /// Refreshes asked for, numbered: a refresh answers every request up to the number it read
+    /// before it started.
+    requested: AtomicU64,
+    /// Whether a refresh task is running (at most one).
+    running: AtomicBool,
+    /// Whether the next refresh re-reads every file.
+    force: AtomicBool,
+    /// Whether the next refresh re-stats the source even if no change event concerns it.
+    recheck: AtomicBool,
+    /// The inotify watches of a TokenFile source; `None` if inotify is not available.
+    changes: Option<Changes>,
+    /// State of the refresh; only the refresh takes this lock, lookups never do.
+    scan: Mutex<Scan>,
+    /// File system calls made (stat, directory listing, file read), for tests.
+    fs_calls: AtomicU64,
+    poll_every: Duration,
+    rescan_every: Duration,
 }
 
-#[derive(Clone)]
-struct Parsed {
-    stamps: Vec<FileStamp>,
-    targets: Arc<HashMap<String, Target>>,
+/// One published version of the map.
+struct Published {
+    targets: Result<Arc<HashMap<String, Target>>, TokenError>,
+    /// The last refresh request this version answers.
+    served: u64,
+    /// A refresh has taken the queued change events but not published its map yet.
+    refreshing: bool,
+    /// When the source was last checked.
+    checked: Instant,
+}
+
+/// What the refresh keeps between runs.
+#[derive(Default)]
+struct Scan {
+    /// Each file of the source (in name order, which decides duplicates) and its entries.
+    files: BTreeMap<PathBuf, ParsedFile>,
+    /// The merged map of `files`, once built.
+    targets: Option<Arc<HashMap<String, Target>>>,
+    /// Why the source cannot be watched, as last logged.
+    watch_problem: Option<String>,
+}
+
+struct ParsedFile {
+    stamp: FileStamp,
+    entries: Vec<(String, Target)>,
 }
 
 /// What identifies one version of a file without reading it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct FileStamp {
-    path: PathBuf,
     dev: u64,
     ino: u64,
     len: u64,
@@ -47,9 +105,8 @@ struct FileStamp {
 }
 
 impl FileStamp {
-    fn new(path: PathBuf, meta: &fs::Metadata) -> Self {
+    fn new(meta: &fs::Metadata) -> Self {
         FileStamp {
-            path,
             dev: meta.dev(),
             ino: meta.ino(),
             len: meta.len(),
@@ -59,12 +116,47 @@ impl FileStamp {
     }
 }
 
+/// Clears the running flag if a refresh panics, so that the next lookup starts another.
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
 impl TokenFiles {
     /// Parses right away so syntax errors show at start; a missing source is only a warning
     /// (upstream reads it on the first lookup, and lookups fail until it exists). A source that
     /// exists but is neither a regular file nor a directory (a FIFO, `/dev/zero`), or a file over
-    /// the size cap, is an error: reading it would block or never end.
-    pub(super) fn new(plugin: &str, source: &str, reload: bool) -> anyhow::Result<Self> {
+    /// the size cap, is an error: reading it would block or never end. Blocking (start-up).
+    pub(super) fn new(plugin: &str, source: &str, follow: bool) -> anyhow::Result<Self> {
+        let changes = if follow {
+            Changes::new()
+                .map_err(|e| {
+                    warn!(
+                        "cannot watch the token source for changes (inotify: {e}); it is checked \
+                         at most every {} s instead",
+                        POLL_EVERY.as_secs()
+                    )
+                })
+                .ok()
+        } else {
+            None
+        };
+        Self::open(plugin, source, follow, changes, POLL_EVERY, RESCAN_EVERY)
+    }
+
+    fn open(
+        plugin: &str,
+        source: &str,
+        follow: bool,
+        changes: Option<Changes>,
+        poll_every: Duration,
+        rescan_every: Duration,
+    ) -> anyhow::Result<Self> {
         match fs::metadata(source) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => bail!("--token-source={source}: {e}"),
@@ -77,12 +169,28 @@ impl TokenFiles {
                 )
             })?,
         }
+        let (published, _) = watch::channel(Published {
+            targets: Err(TokenError::Task("not loaded yet".into())),
+            served: 0,
+            refreshing: false,
+            checked: Instant::now(),
+        });
         let files = TokenFiles {
             source: PathBuf::from(source),
-            reload,
-            cache: Mutex::new(None),
+            follow,
+            published,
+            requested: AtomicU64::new(0),
+            running: AtomicBool::new(false),
+            force: AtomicBool::new(false),
+            recheck: AtomicBool::new(false),
+            changes,
+            scan: Mutex::new(Scan::default()),
+            fs_calls: AtomicU64::new(0),
+            poll_every,
+            rescan_every,
         };
-        match files.targets() {
+        files.refresh(0);
+        match &files.published.borrow().targets {
             Ok(targets) => debug!(source, tokens = targets.len(), "token file loaded"),
             Err(TokenError::Source { reason, .. }) if files.source.exists() => {
                 bail!("--token-source={source}: {reason}")
@@ -94,113 +202,266 @@ impl TokenFiles {
         Ok(files)
     }
 
-    /// Looks `token` up in the current map, re-read on a blocking thread if needed.
+    /// Looks `token` up in the current map. Waits only while a change is pending or the source
+    /// is unreadable (then a refresh runs first); otherwise reads the map as it is.
     pub(super) async fn lookup(
         self: &Arc<Self>,
         token: &str,
     ) -> Result<Option<Target>, TokenError> {
-        let files = Arc::clone(self);
-        let targets = tokio::task::spawn_blocking(move || files.targets())
-            .await
-            .map_err(|e| TokenError::Task(one_line(&e)))??;
-        Ok(targets.get(token).cloned())
+        // Order matters: the event queue is polled before the map is read, and a refresh marks
+        // itself `refreshing` before it takes the events, so that a change made before this
+        // lookup cannot fall between the two.
+        let changed = self.changes.as_ref().is_some_and(Changes::pending);
+        let recheck_after = if self.changes.as_ref().is_some_and(Changes::complete) {
+            self.rescan_every
+        } else {
+            self.poll_every
+        };
+        {
+            let published = self.published.borrow();
+            let wait = published.targets.is_err()
+                || (self.follow && self.changes.is_some() && (changed || published.refreshing));
+            if !wait {
+                let found = published
+                    .targets
+                    .as_ref()
+                    .map(|targets| targets.get(token).cloned())
+                    .map_err(Clone::clone);
+                let due = self.follow && published.checked.elapsed() >= recheck_after;
+                drop(published);
+                if due {
+                    // In the background: this lookup does not wait for it.
+                    self.recheck.store(true, Ordering::SeqCst);
+                    self.kick();
+                }
+                return found;
+            }
+        }
+        let targets = self.refreshed(false).await;
+        targets.map(|targets| targets.get(token).cloned())
     }
 
-    /// The current token map, re-parsed if needed. Blocking: runs on a blocking thread. The
-    /// cache lock is only taken to copy or replace the map, never across file I/O.
-    pub(super) fn targets(&self) -> Result<Arc<HashMap<String, Target>>, TokenError> {
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(parsed) = cached.as_ref().filter(|_| !self.reload) {
-            return Ok(Arc::clone(&parsed.targets));
-        }
-        let stamps = self.stamps()?;
-        if let Some(parsed) = cached.as_ref().filter(|parsed| parsed.stamps == stamps) {
-            return Ok(Arc::clone(&parsed.targets));
-        }
-        let (targets, errors) = self.parse(&stamps)?;
-        for error in &errors {
-            warn!(
-                file = %error.file.display(),
-                line = error.line,
-                reason = %error.reason,
-                "syntax error in token file; line skipped"
-            );
-        }
-        if cached.is_some() {
-            info!(source = %self.source.display(), tokens = targets.len(), "token files changed; reloaded");
-        }
-        let targets = Arc::new(targets);
-        *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = Some(Parsed {
-            stamps,
-            targets: Arc::clone(&targets),
-        });
-        Ok(targets)
+    /// Re-reads every file now, even for ReadOnlyTokenFile; the number of tokens loaded.
+    pub(super) async fn reload(self: &Arc<Self>) -> Result<usize, TokenError> {
+        self.refreshed(true).await.map(|targets| targets.len())
     }
 
-    /// The files that make up the source: the file itself, or the entries of the directory
-    /// that are not directories (not recursive; names starting with `.`, such as editor swap
-    /// files, skipped), in name order so that later duplicates win predictably.
-    fn stamps(&self) -> Result<Vec<FileStamp>, TokenError> {
-        let meta = fs::metadata(&self.source).map_err(|e| self.source_error(&e))?;
-        if !meta.is_dir() {
-            return Ok(vec![FileStamp::new(self.source.clone(), &meta)]);
+    /// Asks for a refresh that starts after this call and waits for its map.
+    async fn refreshed(
+        self: &Arc<Self>,
+        force: bool,
+    ) -> Result<Arc<HashMap<String, Target>>, TokenError> {
+        let mut updates = self.published.subscribe();
+        if force {
+            self.force.store(true, Ordering::SeqCst);
         }
-        let mut stamps = Vec::new();
-        for entry in fs::read_dir(&self.source).map_err(|e| self.source_error(&e))? {
-            let entry = entry.map_err(|e| self.source_error(&e))?;
-            if entry.file_name().as_encoded_bytes().starts_with(b".") {
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        self.kick();
+        // `wait_for` fails only when the sender is gone, and `self` holds it.
+        let answered = updates
+            .wait_for(|published| published.served >= ticket)
+            .await;
+        match answered {
+            Ok(published) => published.targets.clone(),
+            Err(_) => self.published.borrow().targets.clone(),
+        }
+    }
+
+    /// Starts the refresh task unless it runs already.
+    fn kick(self: &Arc<Self>) {
+        if self
+            .running
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            let files = Arc::clone(self);
+            tokio::task::spawn_blocking(move || files.refresh_until_answered());
+        }
+    }
+
+    /// The refresh task: refreshes until every request made so far is answered.
+    fn refresh_until_answered(&self) {
+        let _running = Running(&self.running);
+        loop {
+            let ticket = self.requested.load(Ordering::SeqCst);
+            self.refresh(ticket);
+            if self.requested.load(Ordering::SeqCst) > ticket {
                 continue;
             }
-            let path = entry.path();
-            // FIFOs and devices are kept here so that parse() names them in a warning.
-            if let Some(meta) = fs::metadata(&path).ok().filter(|m| !m.is_dir()) {
-                stamps.push(FileStamp::new(path, &meta));
+            self.running.store(false, Ordering::SeqCst);
+            // A request made after the check above saw the task running and did not start one.
+            if self.requested.load(Ordering::SeqCst) == ticket
+                || self
+                    .running
+                    .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_err()
+            {
+                return;
             }
         }
-        stamps.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(stamps)
     }
 
-    /// Reads and parses the files of `stamps`, in order. In a directory, a file that cannot
-    /// be used (not a regular file, over the cap, unreadable) is skipped with a warning.
-    fn parse(
+    /// One refresh: takes the queued change events, re-arms the watches, re-scans the source
+    /// if anything may have changed, and publishes the result as the answer to requests up to
+    /// `ticket`. Blocking.
+    fn refresh(&self, ticket: u64) {
+        let mut scan = self.scan.lock().unwrap_or_else(PoisonError::into_inner);
+        self.published
+            .send_modify(|published| published.refreshing = true);
+        let force = self.force.swap(false, Ordering::SeqCst);
+        let recheck = self.recheck.swap(false, Ordering::SeqCst);
+        let mut changed = true;
+        if let Some(changes) = &self.changes {
+            changed = changes.drain(self.source.file_name());
+            let problem = changes.watch(&self.source).err();
+            if problem != scan.watch_problem {
+                match &problem {
+                    Some(problem) => warn!(
+                        "{problem}; the token source is checked at most every {} s instead",
+                        self.poll_every.as_secs()
+                    ),
+                    None => {
+                        debug!(source = %self.source.display(), "token source watched for changes")
+                    }
+                }
+                scan.watch_problem = problem;
+            }
+        }
+        let (was_ok, mut checked) = {
+            let published = self.published.borrow();
+            (published.targets.is_ok(), published.checked)
+        };
+        let targets = match scan.targets.as_ref() {
+            // Only other entries of the parent directory changed.
+            Some(targets) if was_ok && !(changed || force || recheck) => Ok(Arc::clone(targets)),
+            _ => {
+                checked = Instant::now();
+                self.rescan(&mut scan, force)
+            }
+        };
+        if let Err(e) = &targets
+            && was_ok
+        {
+            warn!(error = %e, "token source unreadable; lookups fail until it is readable");
+        }
+        self.published.send_replace(Published {
+            targets,
+            served: ticket,
+            refreshing: false,
+            checked,
+        });
+    }
+
+    /// Re-stats the source and re-reads the files whose stamp changed (every file if `force`);
+    /// the merged map, rebuilt only if something changed.
+    fn rescan(
         &self,
-        stamps: &[FileStamp],
-    ) -> Result<(HashMap<String, Target>, Vec<SyntaxError>), TokenError> {
-        let single_file = !fs::metadata(&self.source).is_ok_and(|m| m.is_dir());
-        let mut targets = HashMap::new();
-        let mut errors = Vec::new();
-        for stamp in stamps {
-            let bytes = match read_regular_file(&stamp.path, MAX_TOKEN_FILE_BYTES) {
-                Ok(bytes) => bytes,
-                Err(e) if single_file => {
+        scan: &mut Scan,
+        force: bool,
+    ) -> Result<Arc<HashMap<String, Target>>, TokenError> {
+        let (is_dir, listing) = match self.list() {
+            Ok(listing) => listing,
+            Err(e) => {
+                *scan = Scan {
+                    watch_problem: scan.watch_problem.take(),
+                    ..Scan::default()
+                };
+                return Err(e);
+            }
+        };
+        let mut changed = force || scan.targets.is_none() || listing.len() != scan.files.len();
+        let mut files = BTreeMap::new();
+        for (path, stamp) in listing {
+            if let Some(old) = scan
+                .files
+                .remove(&path)
+                .filter(|old| old.stamp == stamp && !force)
+            {
+                files.insert(path, old);
+                continue;
+            }
+            changed = true;
+            self.fs_calls.fetch_add(1, Ordering::Relaxed);
+            let entries = match read_regular_file(&path, MAX_TOKEN_FILE_BYTES) {
+                Ok(bytes) => {
+                    let (entries, errors) =
+                        parse_token_file(&path, &String::from_utf8_lossy(&bytes));
+                    for error in &errors {
+                        warn!(
+                            file = %error.file.display(),
+                            line = error.line,
+                            reason = %error.reason,
+                            "syntax error in token file; line skipped"
+                        );
+                    }
+                    entries
+                }
+                Err(e) if !is_dir => {
+                    *scan = Scan {
+                        watch_problem: scan.watch_problem.take(),
+                        ..Scan::default()
+                    };
                     return Err(TokenError::Source {
                         path: self.source.clone(),
                         reason: e.about(&self.source),
                     });
                 }
                 Err(e) => {
-                    // Also when removed or replaced between the listing and the read: the next
-                    // lookup sees a different listing and parses again.
-                    warn!("token file skipped: {}", e.about(&stamp.path));
-                    continue;
+                    // Kept, empty, under this stamp: warned about again only once it changes.
+                    // Also when removed or replaced since the listing: the next scan sees it.
+                    warn!("token file skipped: {}", e.about(&path));
+                    Vec::new()
                 }
             };
-            let text = String::from_utf8_lossy(&bytes);
-            errors.extend(parse_token_file(&stamp.path, &text, &mut targets));
+            files.insert(path, ParsedFile { stamp, entries });
         }
-        Ok((targets, errors))
+        changed |= !scan.files.is_empty();
+        scan.files = files;
+        match scan.targets.as_ref().filter(|_| !changed) {
+            Some(targets) => Ok(Arc::clone(targets)),
+            None => {
+                let mut targets = HashMap::new();
+                for file in scan.files.values() {
+                    targets.extend(file.entries.iter().cloned());
+                }
+                if scan.targets.is_some() {
+                    info!(source = %self.source.display(), tokens = targets.len(), "token files changed; reloaded");
+                }
+                let targets = Arc::new(targets);
+                scan.targets = Some(Arc::clone(&targets));
+                Ok(targets)
+            }
+        }
     }
 
-    fn source_error(&self, e: &io::Error) -> TokenError {
-        TokenError::Source {
+    /// The files that make up the source, with their stamps, and whether it is a directory:
+    /// the file itself, or the entries of the directory that are not directories (not
+    /// recursive; names starting with `.`, such as editor swap files, skipped). FIFOs and
+    /// devices are listed so that the scan names them in a warning.
+    fn list(&self) -> Result<(bool, Vec<(PathBuf, FileStamp)>), TokenError> {
+        let source_error = |e: io::Error| TokenError::Source {
             path: self.source.clone(),
             reason: e.to_string(),
+        };
+        self.fs_calls.fetch_add(1, Ordering::Relaxed);
+        let meta = fs::metadata(&self.source).map_err(source_error)?;
+        if !meta.is_dir() {
+            return Ok((false, vec![(self.source.clone(), FileStamp::new(&meta))]));
         }
+        self.fs_calls.fetch_add(1, Ordering::Relaxed);
+        let mut listing = Vec::new();
+        for entry in fs::read_dir(&self.source).map_err(source_error)? {
+            let entry = entry.map_err(source_error)?;
+            if entry.file_name().as_encoded_bytes().starts_with(b".") {
+                continue;
+            }
+            let path = entry.path();
+            self.fs_calls.fetch_add(1, Ordering::Relaxed);
+            if let Some(meta) = fs::metadata(&path).ok().filter(|m| !m.is_dir()) {
+                listing.push((path, FileStamp::new(&meta)));
+            }
+        }
+        Ok((true, listing))
     }
 }
 
@@ -214,18 +475,13 @@ struct SyntaxError {
     reason: String,
 }
 
-/// Adds the entries of one token file to `targets` (later lines win) and returns its bad lines.
-fn parse_token_file(
-    path: &Path,
-    text: &str,
-    targets: &mut HashMap<String, Target>,
-) -> Vec<SyntaxError> {
+/// The entries of one token file, in order (later lines win), and its bad lines.
+fn parse_token_file(path: &Path, text: &str) -> (Vec<(String, Target)>, Vec<SyntaxError>) {
+    let mut entries = Vec::new();
     let mut errors = Vec::new();
     for (index, line) in text.lines().enumerate() {
         match parse_token_line(line) {
-            Ok(Some((token, target))) => {
-                targets.insert(token, target);
-            }
+            Ok(Some(entry)) => entries.push(entry),
             Ok(None) => {}
             Err(reason) => errors.push(SyntaxError {
                 file: path.to_path_buf(),
@@ -234,7 +490,7 @@ fn parse_token_file(
             }),
         }
     }
-    errors
+    (entries, errors)
 }
 
 /// One `token: target` line. Blank lines and `#` comments are `Ok(None)`. Like upstream's
@@ -378,37 +634,24 @@ mod tests {
 
     #[test]
     fn syntax_errors_name_the_file_and_its_own_line_number() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        fs::write(
-            dir.path().join("a.conf"),
-            "# first\nvm1: 10.0.0.1:5900\n\nvm2: 10.0.0.2:5900\n",
-        )
-        .expect("write");
-        fs::write(
-            dir.path().join("b.conf"),
-            "vm3: 10.0.0.3:5900\nbroken line\n# c\nvm4 10.0.0.4:1\n",
-        )
-        .expect("write");
-        let files =
-            TokenFiles::new("TokenFile", dir.path().to_str().expect("utf-8"), true).expect("files");
-        let stamps = files.stamps().expect("stamps");
-        let (targets, errors) = files.parse(&stamps).expect("parse");
-        assert_eq!(targets.len(), 3);
+        let (entries, errors) = parse_token_file(
+            Path::new("/etc/tokens/b.conf"),
+            "vm3: 10.0.0.3:5900\nbroken line\n# c\nvm4 10.0.0.4:1\nvm3: 10.0.0.5:5900\n",
+        );
+        assert_eq!(
+            entries,
+            [
+                ("vm3".to_owned(), tcp("10.0.0.3", 5900)),
+                ("vm3".to_owned(), tcp("10.0.0.5", 5900))
+            ]
+        );
         let where_: Vec<_> = errors
             .iter()
-            .map(|e| {
-                (
-                    e.file
-                        .file_name()
-                        .and_then(|n| n.to_str())
-                        .map(str::to_owned),
-                    e.line,
-                )
-            })
+            .map(|e| (e.file.to_str().expect("utf-8"), e.line))
             .collect();
         assert_eq!(
             where_,
-            [(Some("b.conf".into()), 2), (Some("b.conf".into()), 4)]
+            [("/etc/tokens/b.conf", 2), ("/etc/tokens/b.conf", 4)]
         );
         // The reason never repeats the line (which holds the token).
         assert!(
@@ -716,6 +959,176 @@ mod tests {
             assert_eq!(tokens.lookup("fifo").await.expect("lookup"), None);
             let err = tokens.lookup("big").await.expect_err("too large");
             assert!(matches!(err, TokenError::BadTarget { .. }), "{err}");
+        })
+        .await;
+    }
+
+    // ---- the published map: no file I/O per lookup, changes seen, forced reloads ----
+
+    fn write_tokens(path: &Path, text: &str) {
+        fs::write(path, text).expect("write");
+    }
+
+    #[tokio::test]
+    async fn three_thousand_files_are_not_re_read_on_every_lookup() {
+        bounded(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            for n in 0..3000 {
+                write_tokens(
+                    &dir.path().join(format!("vm{n:04}")),
+                    &format!("vm{n}: 10.0.{}.{}:5900\n", n / 256, n % 256),
+                );
+            }
+            let source = dir.path().to_str().expect("utf-8");
+            // No periodic re-check during the test: only changes may cause file I/O.
+            let files = Arc::new(
+                TokenFiles::open(
+                    "TokenFile",
+                    source,
+                    true,
+                    Some(Changes::new().expect("inotify")),
+                    Duration::MAX,
+                    Duration::MAX,
+                )
+                .expect("files"),
+            );
+            let calls = || files.fs_calls.load(Ordering::Relaxed);
+            let after_start = calls();
+            assert!(after_start >= 2 * 3000, "{after_start}");
+            for n in 0..1000 {
+                assert_eq!(
+                    files.lookup(&format!("vm{n}")).await.expect("lookup"),
+                    Some(tcp(&format!("10.0.{}.{}", n / 256, n % 256), 5900))
+                );
+                assert_eq!(files.lookup("unknown").await.expect("lookup"), None);
+            }
+            assert_eq!(calls(), after_start, "lookups touched the file system");
+
+            // One new file: seen by the next lookup, at the cost of one or two re-scans
+            // (its creation and its close may be two refreshes), reading that file only.
+            write_tokens(&dir.path().join("new"), "fresh: 10.9.9.9:5900\n");
+            assert_eq!(
+                files.lookup("fresh").await.expect("lookup"),
+                Some(tcp("10.9.9.9", 5900))
+            );
+            let after_change = calls();
+            let one_scan = 3000 + 3;
+            assert!(
+                after_change - after_start <= 2 * one_scan,
+                "{after_start} -> {after_change}"
+            );
+            for n in 0..1000 {
+                assert!(
+                    files
+                        .lookup(&format!("vm{n}"))
+                        .await
+                        .expect("lookup")
+                        .is_some()
+                );
+            }
+            assert_eq!(calls(), after_change, "lookups touched the file system");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn appends_and_a_replaced_directory_are_seen_by_the_next_lookup() {
+        bounded(async {
+            let root = tempfile::tempdir().expect("tempdir");
+            let dir = root.path().join("tokens.d");
+            fs::create_dir(&dir).expect("mkdir");
+            write_tokens(&dir.join("a"), "vm1: 10.0.0.1:5900\n");
+            let tokens = Tokens::new("TokenFile", dir.to_str()).expect("tokens");
+            // Appended in place (same inode), as `echo >> file` does.
+            {
+                use std::io::Write as _;
+                let mut file = fs::OpenOptions::new()
+                    .append(true)
+                    .open(dir.join("a"))
+                    .expect("open");
+                file.write_all(b"vm2: 10.0.0.2:5900\n").expect("append");
+            }
+            assert_eq!(
+                tokens.lookup("vm2").await.expect("lookup"),
+                Some(tcp("10.0.0.2", 5900))
+            );
+            // The whole directory swapped for another, as deployment tools do.
+            let staged = root.path().join("tokens.d.new");
+            fs::create_dir(&staged).expect("mkdir");
+            write_tokens(&staged.join("b"), "vm3: 10.0.0.3:5900\n");
+            fs::rename(&dir, root.path().join("tokens.d.old")).expect("rename");
+            fs::rename(&staged, &dir).expect("rename");
+            assert_eq!(
+                tokens.lookup("vm3").await.expect("lookup"),
+                Some(tcp("10.0.0.3", 5900))
+            );
+            assert_eq!(tokens.lookup("vm1").await.expect("lookup"), None);
+            // The new directory is watched too.
+            write_tokens(&dir.join("c"), "vm4: 10.0.0.4:5900\n");
+            assert_eq!(
+                tokens.lookup("vm4").await.expect("lookup"),
+                Some(tcp("10.0.0.4", 5900))
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn without_inotify_changes_are_seen_by_a_background_recheck() {
+        bounded(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let file = dir.path().join("tokens");
+            write_tokens(&file, "vm1: 10.0.0.1:5900\n");
+            let files = Arc::new(
+                TokenFiles::open(
+                    "TokenFile",
+                    file.to_str().expect("utf-8"),
+                    true,
+                    None,
+                    Duration::ZERO,
+                    Duration::ZERO,
+                )
+                .expect("files"),
+            );
+            write_tokens(&file, "vm1: 10.0.0.11:5900\n");
+            let mut updates = files.published.subscribe();
+            let before = updates.borrow_and_update().checked;
+            // This lookup is answered from the map as it is, and starts a re-check.
+            assert!(files.lookup("vm1").await.expect("lookup").is_some());
+            updates
+                .wait_for(|published| !published.refreshing && published.checked > before)
+                .await
+                .expect("published");
+            assert_eq!(
+                files.lookup("vm1").await.expect("lookup"),
+                Some(tcp("10.0.0.11", 5900))
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn forced_reload_rereads_even_a_read_only_token_file() {
+        bounded(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let file = dir.path().join("tokens");
+            write_tokens(&file, "vm1: 10.0.0.1:5900\n");
+            let tokens = Tokens::new("ReadOnlyTokenFile", file.to_str()).expect("tokens");
+            write_tokens(&file, "vm1: 10.0.0.11:5911\nvm2: 10.0.0.2:5900\n");
+            assert_eq!(
+                tokens.lookup("vm1").await.expect("lookup"),
+                Some(tcp("10.0.0.1", 5900))
+            );
+            assert_eq!(tokens.reload().await.expect("reload"), Some(2));
+            assert_eq!(
+                tokens.lookup("vm1").await.expect("lookup"),
+                Some(tcp("10.0.0.11", 5911))
+            );
+            fs::remove_file(&file).expect("remove");
+            let err = tokens.reload().await.expect_err("gone");
+            assert!(matches!(err, TokenError::Source { .. }), "{err}");
+            let names = Tokens::new("TokenFileName", dir.path().to_str()).expect("tokens");
+            assert_eq!(names.reload().await.expect("reload"), None);
         })
         .await;
     }

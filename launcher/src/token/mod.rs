@@ -25,6 +25,7 @@
 //! and URL-encode the token, and the directory plugins cannot be escaped with `..`.
 
 mod api;
+mod changes;
 mod error;
 mod file;
 mod jwt;
@@ -163,6 +164,20 @@ impl Tokens {
             Backend::Jwt(keys) => keys.lookup(token),
             Backend::Redis(redis) => redis.lookup(token).await,
             Backend::SocketDir(dir) => socket::lookup_socket(dir, token).await,
+        }
+    }
+
+    /// Re-reads the token files now (`TokenFile`, and also `ReadOnlyTokenFile`, which otherwise
+    /// never reloads), e.g. on SIGHUP: `Ok(Some(n))` with the number of tokens loaded, `Ok(None)`
+    /// for plugins with nothing to reload, `Err` if the source cannot be read (lookups then fail
+    /// until it can, as after any change that makes it unreadable).
+    pub async fn reload(&self) -> Result<Option<usize>, TokenError> {
+        match &self.backend {
+            Backend::File(files) => tokio::time::timeout(self.deadline, files.reload())
+                .await
+                .unwrap_or(Err(TokenError::Deadline(self.deadline)))
+                .map(Some),
+            _ => Ok(None),
         }
     }
 
