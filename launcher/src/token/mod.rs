@@ -69,8 +69,8 @@ const UPSTREAM_MODULE: &str = "websockify.token_plugins.";
 
 /// Deadline for one HTTP token lookup: connect, request and body (upstream has none).
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Deadline for connecting to Redis and for each Redis reply.
-const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline for connecting to Redis and for each Redis command.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Deadline for a whole lookup, whatever the backend: above the backends' own deadlines, so
 /// that it only ends what has no deadline of its own (a file system that hangs, a queue).
 const LOOKUP_DEADLINE: Duration = Duration::from_secs(10);

@@ -1,8 +1,11 @@
 //! The `TokenRedis` back-end: `GET [namespace:]token` from Redis, the value a target string or
-//! upstream's JSON object; the source in upstream's `host:port:db:password:namespace` form.
+//! upstream's JSON object; the source in upstream's `host:port:db:password:namespace` form or
+//! a `redis://`, `rediss://` (TLS) or `redis+unix://` URL.
 
 use std::time::Duration;
 
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{ConnectionAddr, ConnectionInfo};
 use anyhow::{Context, anyhow};
 use serde_json::{Map, Value};
 use tracing::{debug, info};
@@ -103,75 +106,151 @@ fn parse_redis_source(source: &str) -> Result<RedisSource, String> {
     })
 }
 
-/// Redis lookups over one multiplexed connection, opened on first use and reopened after a
-/// connection failure (upstream opens a new client per lookup).
+/// The URL schemes accepted besides upstream's form (`rediss` is TLS, verified against the
+/// system's CAs or `SSL_CERT_FILE`).
+const URL_SCHEMES: &[&str] = &["redis", "rediss", "redis+unix", "unix"];
+
+/// A `redis://`, `rediss://`, `redis+unix://` or `unix://` URL as the redis crate reads it
+/// (`redis://[user][:password@]host[:port][/db]`, `redis+unix:///path?db=N&pass=P`), plus our
+/// `namespace=NS` query parameter (keys are then `NS:token`, as upstream's fifth field).
+/// `Ok(None)` if `source` is not such a URL.
+fn parse_redis_url(source: &str) -> Result<Option<(ConnectionInfo, String)>, String> {
+    let Some((scheme, _)) = source.split_once("://") else {
+        return Ok(None);
+    };
+    if !URL_SCHEMES.contains(&scheme) {
+        return Ok(None);
+    }
+    let mut url = url::Url::parse(source)
+        .map_err(|e| format!("--token-source is not a valid Redis URL: {e}"))?;
+    // For messages: the URL with its password (user info or `pass=`) masked.
+    let shown = {
+        let mut shown = url.clone();
+        if shown.password().is_some() {
+            let _ = shown.set_password(Some("***"));
+        }
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(key, value)| {
+                let value = if key == "pass" { "***".into() } else { value };
+                (key.into_owned(), value.into_owned())
+            })
+            .collect();
+        if !pairs.is_empty() {
+            shown.query_pairs_mut().clear().extend_pairs(pairs);
+        }
+        shown
+    };
+    let mut namespace = String::new();
+    let mut rest = Vec::new();
+    for (key, value) in url.query_pairs() {
+        if key == "namespace" {
+            namespace = format!("{value}:");
+        } else {
+            rest.push((key.into_owned(), value.into_owned()));
+        }
+    }
+    if rest.is_empty() {
+        url.set_query(None);
+    } else {
+        url.query_pairs_mut().clear().extend_pairs(rest);
+    }
+    let info = ::redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| {
+        format!(
+            "--token-source='{shown}' is not a usable Redis URL: {}",
+            one_line(&e)
+        )
+    })?;
+    Ok(Some((
+        info,
+        if namespace == ":" {
+            String::new()
+        } else {
+            namespace
+        },
+    )))
+}
+
+/// The connection settings and key namespace of a `--token-source`: a Redis URL, or upstream's
+/// `host[:port[:db[:password[:namespace]]]]`.
+fn redis_connection(source: &str) -> Result<(ConnectionInfo, String), String> {
+    if let Some(url) = parse_redis_url(source)? {
+        return Ok(url);
+    }
+    let parsed = parse_redis_source(source)?;
+    let mut settings = ::redis::RedisConnectionInfo::default().set_db(parsed.db);
+    if let Some(password) = &parsed.password {
+        settings = settings.set_password(password);
+    }
+    let info = ::redis::IntoConnectionInfo::into_connection_info(ConnectionAddr::Tcp(
+        parsed.host.clone(),
+        parsed.port,
+    ))
+    .map_err(|e| format!("cannot configure the Redis client: {}", one_line(&e)))?
+    .set_redis_settings(settings);
+    Ok((info, parsed.namespace))
+}
+
+/// Redis lookups over one multiplexed connection (the redis crate's `ConnectionManager`),
+/// opened on first use and reopened in the background when it breaks (Redis restarted).
+/// Upstream opens a new client per lookup.
 pub(super) struct RedisTokens {
     client: ::redis::Client,
     namespace: String,
     timeout: Duration,
-    connection: tokio::sync::Mutex<Option<::redis::aio::MultiplexedConnection>>,
+    /// Made on the first lookup: the manager needs the runtime, `Tokens::new` does not.
+    connection: tokio::sync::OnceCell<ConnectionManager>,
 }
 
 impl RedisTokens {
+    /// `source` is a Redis URL or upstream's form; `timeout` bounds connecting and each command.
     pub(super) fn new(source: &str, timeout: Duration) -> anyhow::Result<Self> {
-        let parsed = parse_redis_source(source).map_err(|e| anyhow!(e))?;
-        let address = ::redis::ConnectionAddr::Tcp(parsed.host.clone(), parsed.port);
-        let tokens = Self::connect_to(address, &parsed, timeout)?;
-        info!(host = %parsed.host, port = parsed.port, db = parsed.db, "TokenRedis backend initialized");
-        Ok(tokens)
-    }
-
-    /// A client for `address` with the db, password and namespace of `source` (no connection
-    /// is opened yet).
-    fn connect_to(
-        address: ::redis::ConnectionAddr,
-        source: &RedisSource,
-        timeout: Duration,
-    ) -> anyhow::Result<Self> {
-        let mut settings = ::redis::RedisConnectionInfo::default().set_db(source.db);
-        if let Some(password) = &source.password {
-            settings = settings.set_password(password);
+        let (info, namespace) = redis_connection(source).map_err(|e| anyhow!(e))?;
+        if matches!(info.addr(), ConnectionAddr::TcpTls { .. }) {
+            // The redis crate builds its TLS client on the process's default provider: make it
+            // ring, as the rest of the binary uses (an error only means one is installed).
+            let _ = rustls::crypto::ring::default_provider().install_default();
         }
-        let info = ::redis::IntoConnectionInfo::into_connection_info(address)
-            .context("cannot configure the Redis client")?
-            .set_redis_settings(settings);
+        let address = info.addr().to_string();
+        let db = info.redis_settings().db();
         let client = ::redis::Client::open(info).context("cannot configure the Redis client")?;
-        Ok(RedisTokens {
-            client,
-            namespace: source.namespace.clone(),
-            timeout,
-            connection: tokio::sync::Mutex::new(None),
-        })
+        info!(%address, db, "TokenRedis backend initialized");
+        Ok(Self::with_client(client, namespace, timeout))
     }
 
-    /// The shared connection, and whether it was just opened.
-    async fn connection(&self) -> Result<(::redis::aio::MultiplexedConnection, bool), TokenError> {
-        // Lookups queue here while one of them connects; bound the wait as well.
-        let mut slot = tokio::time::timeout(self.timeout, self.connection.lock())
-            .await
-            .map_err(|_| TokenError::RedisTimeout(self.timeout))?;
-        if let Some(connection) = slot.as_ref() {
-            return Ok((connection.clone(), false));
+    /// Lookups through `client`, keys prefixed with `namespace` (empty or ending in `:`).
+    fn with_client(client: ::redis::Client, namespace: String, timeout: Duration) -> Self {
+        RedisTokens {
+            client,
+            namespace,
+            timeout,
+            connection: tokio::sync::OnceCell::new(),
         }
-        let config = ::redis::AsyncConnectionConfig::new()
+    }
+
+    /// The shared connection manager (it connects on first use, not here).
+    async fn manager(&self) -> Result<ConnectionManager, TokenError> {
+        let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        let connection = tokio::time::timeout(
-            self.timeout * 2,
-            self.client
-                .get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| TokenError::RedisTimeout(self.timeout))?
-        .map_err(redis_error)?;
-        *slot = Some(connection.clone());
-        Ok((connection, true))
+            .set_response_timeout(Some(self.timeout))
+            // One attempt per reconnection: while Redis is down a lookup fails at once (and
+            // the next one tries again) instead of waiting through a backoff.
+            .set_number_of_retries(0);
+        let manager = self
+            .connection
+            .get_or_try_init(|| async {
+                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
+            })
+            .await
+            .map_err(redis_error)?;
+        Ok(manager.clone())
     }
 
     pub(super) async fn lookup(&self, token: &str) -> Result<Option<Target>, TokenError> {
         let key = format!("{}{token}", self.namespace);
+        let mut retried = false;
         let value = loop {
-            let (mut connection, fresh) = self.connection().await?;
+            let mut connection = self.manager().await?;
             let reply = tokio::time::timeout(
                 self.timeout,
                 ::redis::cmd("GET")
@@ -179,21 +258,20 @@ impl RedisTokens {
                     .query_async::<Option<Vec<u8>>>(&mut connection),
             )
             .await;
-            let error = match reply {
+            match reply {
                 Ok(Ok(value)) => break value,
-                Ok(Err(e)) if !(e.is_io_error() || e.is_connection_dropped() || e.is_timeout()) => {
-                    return Err(redis_error(e));
+                // The connection broke (Redis restarted since it was opened): the manager is
+                // reconnecting already; GET is safe to send once more.
+                Ok(Err(e)) if !retried && (e.is_connection_dropped() || e.is_io_error()) => {
+                    debug!(error = %one_line(&e), "Redis connection lost; reconnecting");
+                    retried = true;
                 }
-                Ok(Err(e)) => redis_error(e),
-                Err(_) => TokenError::RedisTimeout(self.timeout),
-            };
-            // The connection is broken: forget it, and retry once if it was an old one
-            // (Redis restarted since it was opened).
-            *self.connection.lock().await = None;
-            if fresh {
-                return Err(error);
+                Ok(Err(e)) if e.is_timeout() => {
+                    return Err(TokenError::RedisTimeout(self.timeout));
+                }
+                Ok(Err(e)) => return Err(redis_error(e)),
+                Err(_) => return Err(TokenError::RedisTimeout(self.timeout)),
             }
-            debug!(error = %error, "Redis connection lost; reconnecting");
         };
         let Some(value) = value else {
             return Ok(None);
@@ -370,6 +448,53 @@ mod tests {
         );
     }
 
+    // ---- Redis URLs ----
+
+    #[test]
+    fn redis_urls_are_accepted_as_sources() {
+        let url = |source: &str| {
+            parse_redis_url(source)
+                .expect(source)
+                .expect("a URL, not upstream's form")
+        };
+        let (info, namespace) = url("redis://:pw@redis.example:6380/3?namespace=ns");
+        assert_eq!(
+            info.addr(),
+            &ConnectionAddr::Tcp("redis.example".into(), 6380)
+        );
+        assert_eq!(info.redis_settings().db(), 3);
+        assert_eq!(namespace, "ns:");
+        let (info, namespace) = url("rediss://redis.example");
+        assert!(
+            matches!(info.addr(), ConnectionAddr::TcpTls { host, port: 6379, insecure: false, .. } if host == "redis.example"),
+            "{:?}",
+            info.addr()
+        );
+        assert_eq!(namespace, "");
+        let (info, namespace) = url("redis+unix:///run/redis.sock?db=2&pass=x&namespace=a:b");
+        assert_eq!(info.addr(), &ConnectionAddr::Unix("/run/redis.sock".into()));
+        assert_eq!(info.redis_settings().db(), 2);
+        assert_eq!(namespace, "a:b:");
+        let (info, _) = url("unix:///run/redis.sock");
+        assert_eq!(info.addr(), &ConnectionAddr::Unix("/run/redis.sock".into()));
+        // Not a URL: upstream's form (where `redis` is a host name).
+        assert!(matches!(parse_redis_url("redis:6379"), Ok(None)));
+        assert!(matches!(parse_redis_url("ftp://h"), Ok(None)));
+        for bad in [
+            "redis://:secret@h/notadb",
+            "redis://:secret@[::1/",
+            "rediss://:secret@h/#nope",
+            "redis+unix://relative?pass=secret",
+        ] {
+            let err = Tokens::new("TokenRedis", Some(bad)).expect_err(bad);
+            let text = format!("{err:#}");
+            assert!(
+                text.contains("--token-source") && !text.contains("secret"),
+                "{bad}: {text}"
+            );
+        }
+    }
+
     // ---- TokenRedis against a real redis-server ----
 
     const REDIS_SERVER: &str = "/usr/bin/redis-server";
@@ -388,8 +513,7 @@ mod tests {
         false
     }
 
-    /// A redis-server child listening on a unix socket only (no TCP port to race for), killed
-    /// and reaped on drop.
+    /// A redis-server child, killed and reaped on drop.
     struct RedisServer {
         child: Child,
     }
@@ -401,21 +525,20 @@ mod tests {
         }
     }
 
-    /// Starts redis-server (password `s3cret`) on the unix socket `socket` and returns once it
-    /// logs that it accepts connections. A socket file left by a killed server is replaced.
-    async fn start_redis(socket: &Path) -> RedisServer {
+    impl RedisServer {
+        /// Sends `signal` to the server (SIGSTOP: it hangs, SIGCONT: it goes on).
+        fn signal(&self, signal: nix::sys::signal::Signal) {
+            let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).expect("pid"));
+            nix::sys::signal::kill(pid, signal).expect("kill");
+        }
+    }
+
+    /// Starts redis-server with `args` (no persistence, log on stdout) and waits until it logs
+    /// that it accepts connections; `None` if it exited first.
+    async fn spawn_redis(args: &[&std::ffi::OsStr]) -> Option<RedisServer> {
         let mut child = Command::new(REDIS_SERVER)
-            .args(["--port", "0", "--unixsocket"])
-            .arg(socket)
-            .args([
-                "--unixsocketperm",
-                "700",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--requirepass", "s3cret", "--logfile", ""])
+            .args(args)
+            .args(["--save", "", "--appendonly", "no", "--logfile", ""])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -437,29 +560,63 @@ mod tests {
             .await
             .expect("redis-server did not start in time")
             .expect("reader");
-        assert!(ready, "redis-server exited before it was ready");
-        server
+        ready.then_some(server)
     }
 
-    /// A client of the server on `socket` with the db, password and namespace of `source`
-    /// (upstream's form; its host and port are not used).
-    fn unix_tokens(socket: &Path, source: &str) -> RedisTokens {
-        let parsed = parse_redis_source(source).expect("source");
-        let address = ::redis::ConnectionAddr::Unix(socket.to_path_buf());
-        RedisTokens::connect_to(address, &parsed, Duration::from_secs(2)).expect("client")
+    /// redis-server (password `s3cret`) on the unix socket `socket` only: no TCP port to race
+    /// for. A socket file left by a killed server is replaced.
+    async fn start_redis(socket: &Path) -> RedisServer {
+        let args = ["--port", "0", "--unixsocket"]
+            .into_iter()
+            .map(std::ffi::OsStr::new)
+            .chain([socket.as_os_str()])
+            .chain(["--unixsocketperm", "700", "--requirepass", "s3cret"].map(std::ffi::OsStr::new))
+            .collect::<Vec<_>>();
+        spawn_redis(&args)
+            .await
+            .expect("redis-server exited before it was ready")
+    }
+
+    /// redis-server with TLS only (`--tls-port`), on a free loopback port. redis-server cannot
+    /// be handed a listening socket, so the port is found by a retry loop: take a free port,
+    /// start the server, and try another port if the server exits because it was taken.
+    async fn start_tls_redis(cert: &Path, key: &Path, ca: &Path) -> (RedisServer, u16) {
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port()
+                .to_string();
+            let mut args: Vec<&std::ffi::OsStr> = [
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+                "--tls-port",
+                &port,
+                "--tls-auth-clients",
+                "no",
+                "--tls-cert-file",
+            ]
+            .map(std::ffi::OsStr::new)
+            .to_vec();
+            args.extend([cert.as_os_str(), "--tls-key-file".as_ref(), key.as_os_str()]);
+            args.extend(["--tls-ca-cert-file".as_ref(), ca.as_os_str()]);
+            if let Some(server) = spawn_redis(&args).await {
+                return (server, port.parse().expect("port"));
+            }
+        }
+        panic!("redis-server with TLS did not start on any of 5 ports");
+    }
+
+    /// A `redis+unix://` source for the server on `socket`, with the given query.
+    fn unix_source(socket: &Path, query: &str) -> String {
+        format!("redis+unix://{}?{query}", socket.display())
     }
 
     async fn redis_set(socket: &Path, db: i64, pairs: &[(&str, &str)]) {
-        let info = ::redis::IntoConnectionInfo::into_connection_info(
-            ::redis::ConnectionAddr::Unix(socket.to_path_buf()),
-        )
-        .expect("info")
-        .set_redis_settings(
-            ::redis::RedisConnectionInfo::default()
-                .set_db(db)
-                .set_password("s3cret"),
-        );
-        let client = ::redis::Client::open(info).expect("client");
+        let source = unix_source(socket, &format!("db={db}&pass=s3cret"));
+        let client = ::redis::Client::open(source.as_str()).expect("client");
         let mut connection = client
             .get_multiplexed_async_connection()
             .await
@@ -482,7 +639,7 @@ mod tests {
         bounded(async {
             let dir = tempfile::tempdir().expect("tempdir");
             let socket = dir.path().join("redis.sock");
-            let server = start_redis(&socket).await;
+            let _server = start_redis(&socket).await;
             redis_set(
                 &socket,
                 2,
@@ -496,7 +653,11 @@ mod tests {
                 ],
             )
             .await;
-            let tokens = unix_tokens(&socket, "unused::2:s3cret");
+            let tokens = Tokens::new(
+                "TokenRedis",
+                Some(&unix_source(&socket, "db=2&pass=s3cret")),
+            )
+            .expect("tokens");
             assert_eq!(
                 tokens.lookup("plain").await.expect("lookup"),
                 Some(tcp("127.0.0.1", 5901))
@@ -526,32 +687,170 @@ mod tests {
                 "{err}"
             );
 
-            let namespaced = unix_tokens(&socket, "unused::2:s3cret:\"ns1:ns2\"");
+            let namespaced = Tokens::new(
+                "TokenRedis",
+                Some(&unix_source(&socket, "db=2&pass=s3cret&namespace=ns1:ns2")),
+            )
+            .expect("tokens");
             assert_eq!(
                 namespaced.lookup("tok").await.expect("lookup"),
                 Some(tcp("10.0.0.5", 5905))
             );
             assert_eq!(namespaced.lookup("plain").await.expect("lookup"), None);
 
-            let wrong_password = unix_tokens(&socket, "unused::2:nope");
-            assert!(matches!(
-                wrong_password.lookup("plain").await,
-                Err(TokenError::Redis(_))
-            ));
+            let wrong_password =
+                Tokens::new("TokenRedis", Some(&unix_source(&socket, "db=2&pass=nope")))
+                    .expect("tokens");
+            let err = wrong_password.lookup("plain").await.expect_err("refused");
+            assert!(matches!(err, TokenError::Redis(_)), "{err}");
+        })
+        .await;
+    }
 
-            // Redis restarts: the lookup while it is down fails, the next one reconnects.
-            drop(server);
-            let err = tokens.lookup("plain").await.expect_err("redis down");
-            assert!(
-                matches!(err, TokenError::Redis(_) | TokenError::RedisTimeout(_)),
-                "{err}"
-            );
-            let _server = start_redis(&socket).await;
-            redis_set(&socket, 2, &[("plain", "127.0.0.1:5911")]).await;
+    #[tokio::test]
+    async fn lookups_go_on_after_redis_restarts_on_the_same_socket() {
+        if !have_redis_server() {
+            return;
+        }
+        bounded(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let socket = dir.path().join("redis.sock");
+            let server = start_redis(&socket).await;
+            redis_set(&socket, 0, &[("vm", "127.0.0.1:5901")]).await;
+            let tokens = Tokens::new("TokenRedis", Some(&unix_source(&socket, "pass=s3cret")))
+                .expect("tokens");
             assert_eq!(
-                tokens.lookup("plain").await.expect("lookup"),
-                Some(tcp("127.0.0.1", 5911))
+                tokens.lookup("vm").await.expect("lookup"),
+                Some(tcp("127.0.0.1", 5901))
             );
+
+            // Killed and started again: the first lookup after it succeeds on a new connection.
+            drop(server);
+            let server = start_redis(&socket).await;
+            redis_set(&socket, 0, &[("vm", "127.0.0.1:5902")]).await;
+            assert_eq!(
+                tokens.lookup("vm").await.expect("lookup after restart"),
+                Some(tcp("127.0.0.1", 5902))
+            );
+
+            // While it is down lookups fail (never "unknown token"), then work again.
+            drop(server);
+            let err = tokens.lookup("vm").await.expect_err("redis down");
+            assert!(matches!(err, TokenError::Redis(_)), "{err}");
+            let _server = start_redis(&socket).await;
+            redis_set(&socket, 0, &[("vm", "127.0.0.1:5903")]).await;
+            assert_eq!(
+                tokens.lookup("vm").await.expect("lookup after restart"),
+                Some(tcp("127.0.0.1", 5903))
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_redis_that_hangs_gives_a_timeout_error() {
+        if !have_redis_server() {
+            return;
+        }
+        bounded(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let socket = dir.path().join("redis.sock");
+            let server = start_redis(&socket).await;
+            redis_set(&socket, 0, &[("vm", "127.0.0.1:5901")]).await;
+            let source = unix_source(&socket, "pass=s3cret");
+            let (info, namespace) = redis_connection(&source).expect("source");
+            let client = ::redis::Client::open(info).expect("client");
+            let tokens = RedisTokens::with_client(client, namespace, Duration::from_millis(300));
+            assert_eq!(
+                tokens.lookup("vm").await.expect("lookup"),
+                Some(tcp("127.0.0.1", 5901))
+            );
+            server.signal(nix::sys::signal::Signal::SIGSTOP);
+            let started = tokio::time::Instant::now();
+            let err = tokens.lookup("vm").await.expect_err("hung");
+            assert!(matches!(err, TokenError::RedisTimeout(_)), "{err}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+            server.signal(nix::sys::signal::Signal::SIGCONT);
+            assert_eq!(
+                tokens.lookup("vm").await.expect("lookup after it woke up"),
+                Some(tcp("127.0.0.1", 5901))
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn rediss_urls_speak_tls_and_verify_the_server() {
+        if !have_redis_server() {
+            return;
+        }
+        bounded(async {
+            use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+            let dir = tempfile::tempdir().expect("tempdir");
+            let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key"))
+                .expect("CA");
+            let key = KeyPair::generate().expect("key");
+            let cert = CertificateParams::new(vec!["localhost".to_owned()])
+                .expect("params")
+                .signed_by(&key, &ca)
+                .expect("cert");
+            let write = |name: &str, text: String| {
+                let path = dir.path().join(name);
+                std::fs::write(&path, text).expect("write");
+                path
+            };
+            let ca_file = write("ca.pem", ca.pem());
+            let cert_file = write("cert.pem", cert.pem());
+            let key_file = write("key.pem", key.serialize_pem());
+            let (_server, port) = start_tls_redis(&cert_file, &key_file, &ca_file).await;
+            let source = format!("rediss://localhost:{port}/1?namespace=ns");
+
+            // Trusting the test CA: the lookup goes through TLS.
+            let (info, namespace) = redis_connection(&source).expect("source");
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let client = ::redis::Client::build_with_tls(
+                info,
+                ::redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.pem().into_bytes()),
+                },
+            )
+            .expect("TLS client");
+            let mut setter = client
+                .get_multiplexed_async_connection()
+                .await
+                .expect("connect over TLS");
+            ::redis::cmd("SET")
+                .arg("ns:vm")
+                .arg("127.0.0.1:5901")
+                .query_async::<()>(&mut setter)
+                .await
+                .expect("SET");
+            let tokens = RedisTokens::with_client(client, namespace, Duration::from_secs(2));
+            assert_eq!(
+                tokens.lookup("vm").await.expect("lookup over TLS"),
+                Some(tcp("127.0.0.1", 5901))
+            );
+
+            // As configured from --token-source (the system's CAs), the test CA is not trusted:
+            // the certificate is verified, and the failure is an error, not an unknown token.
+            let system = Tokens::new("TokenRedis", Some(&source)).expect("tokens");
+            let err = system
+                .lookup("vm")
+                .await
+                .expect_err("untrusted certificate");
+            assert!(matches!(err, TokenError::Redis(_)), "{err}");
+
+            // Plain redis:// to the TLS port fails as well.
+            let plain = Tokens::new("TokenRedis", Some(&format!("redis://localhost:{port}/1")))
+                .expect("tokens");
+            assert!(plain.lookup("vm").await.is_err());
         })
         .await;
     }
@@ -567,10 +866,7 @@ mod tests {
                 .lookup("secret-token")
                 .await
                 .expect_err("nothing listens");
-            assert!(
-                matches!(err, TokenError::Redis(_) | TokenError::RedisTimeout(_)),
-                "{err}"
-            );
+            assert!(matches!(err, TokenError::Redis(_)), "{err}");
             assert!(!err.to_string().contains("secret-token"), "{err}");
         })
         .await;
