@@ -40,6 +40,24 @@ pub enum TokenError {
     Task(String),
 }
 
+impl TokenError {
+    /// A small, stable label for metrics and log fields: `"timeout"` (the backend or the lookup
+    /// deadline ran out), `"unavailable"` (the source could not be read or reached, or refused
+    /// us), `"bad_answer"` (it answered with something that is not a target) or `"internal"`.
+    /// The caller answers all of them with 503; the label tells them apart without parsing
+    /// messages, and never carries a token or an address (bounded cardinality).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TokenError::HttpTimeout(_) | TokenError::RedisTimeout(_) | TokenError::Deadline(_) => {
+                "timeout"
+            }
+            TokenError::Source { .. } | TokenError::Http(_) | TokenError::Redis(_) => "unavailable",
+            TokenError::BadTarget { .. } => "bad_answer",
+            TokenError::Task(_) => "internal",
+        }
+    }
+}
+
 /// A short, non-reversible tag of a token for logs (first 8 hex digits of its SHA-256), so log
 /// lines about one token can be matched without the token itself being written anywhere.
 pub fn token_tag(token: &str) -> String {
@@ -69,6 +87,36 @@ pub(super) fn one_line(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_kinds_are_a_small_fixed_set() {
+        let second = Duration::from_secs(1);
+        let cases = [
+            (TokenError::HttpTimeout(second), "timeout"),
+            (TokenError::RedisTimeout(second), "timeout"),
+            (TokenError::Deadline(second), "timeout"),
+            (
+                TokenError::Source {
+                    path: "/x".into(),
+                    reason: "gone".into(),
+                },
+                "unavailable",
+            ),
+            (TokenError::Http("refused".into()), "unavailable"),
+            (TokenError::Redis("refused".into()), "unavailable"),
+            (
+                TokenError::BadTarget {
+                    backend: "TokenRedis",
+                    reason: "garbage".into(),
+                },
+                "bad_answer",
+            ),
+            (TokenError::Task("panicked".into()), "internal"),
+        ];
+        for (error, kind) in cases {
+            assert_eq!(error.kind(), kind, "{error}");
+        }
+    }
 
     #[test]
     fn token_tag_is_short_stable_and_not_the_token() {
