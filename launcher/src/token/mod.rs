@@ -10,14 +10,16 @@
 //!                      BaseTokenAPI / JSONTokenApi     HTTP GET, pooled client, 5 s deadline api.rs
 //!                      JWTTokenApi                     signed JWT with host/port claims    jwt.rs
 //!                      TokenRedis                      GET [namespace:]token, one multiplexed
-//!                                                      connection                          redis.rs
+//!                                                      connection, reconnected             redis.rs
 //!                      UnixDomainSocketDirectory       a socket inside a directory         socket.rs
 //!        |
 //! Ok(Some(Target)) | Ok(None) (unknown token) | Err(TokenError) (the backend failed)
 //! ```
 //!
-//! The back-ends share two leaf modules: `value` parses what they hand back into a target, and
-//! `error` holds [`TokenError`] and [`token_tag`].
+//! The back-ends share leaf modules: `value` parses what they hand back into a target, `error`
+//! holds [`TokenError`] and [`token_tag`], `read` reads source files safely (regular files
+//! only, size-capped) and `changes` watches a file source with inotify. Every lookup runs under
+//! one overall deadline.
 //!
 //! Names, source formats and file syntax follow upstream's `websockify/token_plugins.py`.
 //! Differences are deliberate fixes: tokens never appear in logs or error messages (use
