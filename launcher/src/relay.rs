@@ -816,3 +816,6 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
