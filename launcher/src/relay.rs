@@ -43,7 +43,7 @@ pub enum Mode {
 pub struct RelayOptions {
     /// Ping interval (`--heartbeat`); a client that answers none of three pings is dropped.
     pub heartbeat: Option<Duration>,
-    /// How long to wait for the client's close frame after sending ours.
+    /// How long to wait for the client's close frame once ours is written to it.
     pub linger: Duration,
     /// Cancelled on SIGINT/SIGTERM: the relay sends close 1001 and winds down.
     pub shutdown: CancellationToken,
@@ -70,6 +70,9 @@ pub enum CloseReason {
     Shutdown,
     /// The client answered no ping for three heartbeat intervals.
     HeartbeatTimeout,
+    /// Target data could not be base64-encoded (a bug: the buffers are sized so that it
+    /// fits); the client got close 1011.
+    Encode(base64::EncodeSliceError),
 }
 
 impl CloseReason {
@@ -80,7 +83,7 @@ impl CloseReason {
             CloseReason::ClientGone | CloseReason::ClientError(_) => close_code::ABNORMAL,
             CloseReason::HeartbeatTimeout => close_code::ABNORMAL,
             CloseReason::TargetClosed => close_code::NORMAL,
-            CloseReason::TargetError(_) => close_code::INTERNAL,
+            CloseReason::TargetError(_) | CloseReason::Encode(_) => close_code::INTERNAL,
             CloseReason::Protocol(err) => err.code,
             CloseReason::Shutdown => close_code::GOING_AWAY,
         }
@@ -101,6 +104,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::Protocol(err) => write!(f, "client protocol error: {}", err.reason),
             CloseReason::Shutdown => f.write_str("server shutting down"),
             CloseReason::HeartbeatTimeout => f.write_str("client answered no ping in 3 heartbeats"),
+            CloseReason::Encode(err) => write!(f, "base64 encoding of target data failed: {err}"),
         }
     }
 }
@@ -144,19 +148,28 @@ where
     let mut next_ping = heartbeat.map(|period| Instant::now() + period);
     let mut linger_until: Option<Instant> = None;
     loop {
-        if relay.close_queued() && linger_until.is_none() {
-            linger_until = Some(Instant::now() + options.linger);
-        }
+        // `select!` evaluates these guards once per pass, so anything that changes them
+        // inside poll_run (our close going out) makes poll_run return.
         tokio::select! {
-            () = poll_fn(|cx| relay.poll_run(cx)) => break,
+            progress = poll_fn(|cx| relay.poll_run(cx)) => match progress {
+                Progress::Finished => break,
+                // The linger counts from when the client could see our close, not from when
+                // it was queued behind data the client had yet to read.
+                Progress::AwaitingCloseReply => {
+                    linger_until = Some(Instant::now() + options.linger);
+                }
+            },
             () = options.shutdown.cancelled(), if !relay.close_queued() => {
                 relay.begin_close(close_code::GOING_AWAY, "Server shutting down", CloseReason::Shutdown);
             }
-            () = sleep_until(next_ping.unwrap_or_else(Instant::now)), if next_ping.is_some() && !relay.close_queued() => {
+            // Pings go on while our close waits behind data, so that a client that stopped
+            // reading is still dropped after three heartbeats.
+            () = sleep_until(next_ping.unwrap_or_else(Instant::now)), if next_ping.is_some() && !relay.close_written => {
                 let period = heartbeat.unwrap_or(Duration::from_secs(1));
                 next_ping = Some(Instant::now() + period);
                 if !relay.heartbeat() {
-                    relay.abort(CloseReason::HeartbeatTimeout);
+                    // This is why the session ends, even if a close was under way.
+                    relay.reason = Some(CloseReason::HeartbeatTimeout);
                     break;
                 }
             }
@@ -164,6 +177,14 @@ where
         }
     }
     relay.finish().await
+}
+
+/// Why [`Relay::poll_run`] returned.
+enum Progress {
+    /// The session is over.
+    Finished,
+    /// Our close frame is out and we wait for the client's reply: start the linger.
+    AwaitingCloseReply,
 }
 
 /// Data read from the target, framed and waiting to be written to the client.
@@ -209,6 +230,10 @@ struct Relay<'a, C, T> {
     /// Our close frame, waiting for the data frame in progress to finish.
     close: Option<ControlFrame>,
     close_sent: bool,
+    /// Our close frame is written to the client and flushed.
+    close_written: bool,
+    /// Tell `run` that our close is out and the client's reply is awaited.
+    linger_due: bool,
     client_flush: bool,
     target_flush: bool,
     /// Stop reading the client (close received, protocol error or EOF).
@@ -266,6 +291,8 @@ where
             ping_due: false,
             close: None,
             close_sent: false,
+            close_written: false,
+            linger_due: false,
             client_flush: false,
             target_flush: false,
             client_done: false,
@@ -310,8 +337,12 @@ where
 
     /// A heartbeat tick: queue a ping; false when three pings went unanswered.
     fn heartbeat(&mut self) -> bool {
+        // A pong can only be seen while we read the client. Once we stopped reading it
+        // (its close or a protocol error) and only our close to it is left to write, a
+        // client that does not read it misses pings all the same.
         let reading_client = self.up.end == self.up.start && !self.client_done;
-        if reading_client {
+        let close_waits = self.client_done && (self.close.is_some() || self.close_sent);
+        if reading_client || close_waits {
             if self.missed_pongs >= 3 {
                 return false;
             }
@@ -337,7 +368,7 @@ where
         false
     }
 
-    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Progress> {
         for _ in 0..BUDGET {
             let mut progress = false;
             progress |= self.step_client_write(cx);
@@ -345,7 +376,10 @@ where
             progress |= self.step_target_read(cx);
             progress |= self.step_client_read(cx);
             if self.finished() {
-                return Poll::Ready(());
+                return Poll::Ready(Progress::Finished);
+            }
+            if std::mem::take(&mut self.linger_due) {
+                return Poll::Ready(Progress::AwaitingCloseReply);
             }
             if !progress {
                 return Poll::Pending;
@@ -394,6 +428,11 @@ where
             match Pin::new(&mut *self.client).poll_flush(cx) {
                 Poll::Ready(Ok(())) => {
                     self.client_flush = false;
+                    if self.close_sent && self.control.is_none() && !self.close_written {
+                        self.close_written = true;
+                        // After the client's own close there is no reply to wait for.
+                        self.linger_due = !self.client_done;
+                    }
                     return true;
                 }
                 Poll::Ready(Err(err)) => Err(err),
@@ -527,11 +566,7 @@ where
                     CloseReason::TargetClosed,
                 );
             }
-            Ok(n) => {
-                self.bytes_to_client += n as u64;
-                self.note_target_data(n);
-                self.frame_down(n);
-            }
+            Ok(n) => self.target_data(n),
             Err(err) => {
                 self.begin_close(
                     close_code::INTERNAL,
@@ -543,7 +578,21 @@ where
         true
     }
 
-    /// Records and counts `n` bytes just read from the target (before any encoding).
+    /// Records, frames and counts `n` bytes just read from the target. A failed encoding
+    /// ends the session with close 1011 rather than sending the client an empty frame.
+    fn target_data(&mut self, n: usize) {
+        self.note_target_data(n);
+        match self.frame_down(n) {
+            Ok(()) => self.bytes_to_client += n as u64,
+            Err(err) => self.begin_close(
+                close_code::INTERNAL,
+                "Internal error",
+                CloseReason::Encode(err),
+            ),
+        }
+    }
+
+    /// Records `n` bytes just read from the target (before any encoding).
     fn note_target_data(&mut self, n: usize) {
         if self.traffic {
             record::traffic(Token::TargetReceive);
@@ -560,15 +609,15 @@ where
     }
 
     /// Puts a frame header in front of `n` bytes just read (base64-encoding them first in
-    /// the legacy mode) and marks the frame ready for the client.
-    fn frame_down(&mut self, n: usize) {
+    /// the legacy mode) and marks the frame ready for the client. Nothing is queued when
+    /// the encoding fails.
+    fn frame_down(&mut self, n: usize) -> Result<(), base64::EncodeSliceError> {
         let down = &mut self.down;
         let buf = down.buf.get_or_insert_with(Buf::take);
         let (len, kind) = match (self.mode, &down.raw) {
             (Mode::Base64, Some(raw)) => {
                 let encoded = base64::engine::general_purpose::STANDARD
-                    .encode_slice(&raw[HEADROOM..HEADROOM + n], &mut buf[HEADROOM..])
-                    .unwrap_or(0);
+                    .encode_slice(&raw[HEADROOM..HEADROOM + n], &mut buf[HEADROOM..])?;
                 (encoded, DataKind::Text)
             }
             _ => (n, DataKind::Binary),
@@ -580,6 +629,7 @@ where
         down.start = start;
         down.end = HEADROOM + len;
         down.started = false;
+        Ok(())
     }
 
     /// Reads client frames and turns their payload into bytes for the target. Returns true

@@ -3,7 +3,7 @@
 //! runs on tokio's paused clock: when every task waits, the clock jumps to the next timer,
 //! so a test never sleeps in real time and a stalled step ends in a bounded (virtual) wait.
 
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -16,8 +16,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{CloseReason, Mode, Outcome, RelayOptions, run};
-use crate::buffer::{BUF_SIZE, HEADROOM};
+use super::{CloseReason, Mode, Outcome, Progress, Relay, RelayOptions, run};
+use crate::buffer::{BUF_SIZE, Buf, HEADROOM};
 
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -209,12 +209,18 @@ async fn read_to_end(stream: &mut DuplexStream) -> Vec<u8> {
     out
 }
 
+/// Returns once every task waits (on the paused clock the runtime then moves time on).
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(1)).await;
+}
+
 /// `len` bytes that are not periodic in any small buffer size.
 fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
-/// Writes `bytes` from a task, counting what the pipe accepted, and returns the stream.
+/// Writes `bytes` from a task, counting what the pipe accepted, and returns the stream
+/// (early if the relay went away).
 fn counting_writer(
     mut stream: DuplexStream,
     bytes: Vec<u8>,
@@ -225,12 +231,15 @@ fn counting_writer(
     let task = tokio::spawn(async move {
         let mut pos = 0;
         while pos < bytes.len() {
-            let n = stream.write(&bytes[pos..]).await.unwrap();
+            // An error means the relay has ended; the test checks how.
+            let Ok(n) = stream.write(&bytes[pos..]).await else {
+                return stream;
+            };
             pos += n;
             counter.fetch_add(n, Ordering::SeqCst);
         }
         if then_eof {
-            stream.shutdown().await.unwrap();
+            let _ = stream.shutdown().await;
         }
         stream
     });
@@ -274,6 +283,120 @@ async fn target_eof_delivers_everything_read_then_closes_1000() {
     assert_eq!(read_to_end(&mut client).await, b"");
     let mut target = writer.await.unwrap();
     assert_eq!(read_to_end(&mut target).await, b"");
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_reply_the_close_linger_ends_the_session_after_2_s() {
+    let Session {
+        mut client,
+        mut target,
+        relay,
+        ..
+    } = Setup::default().start();
+    target.shutdown().await.unwrap();
+    let close = within("the close", read_frame(&mut client)).await;
+    assert_eq!(close.close_code(), Some(1000));
+    let sent = Instant::now();
+    let outcome = outcome(relay).await;
+    assert_about(sent.elapsed(), LINGER);
+    assert!(matches!(outcome.reason, CloseReason::TargetClosed));
+    assert_eq!(read_to_end(&mut client).await, b"");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_linger_counts_from_when_our_close_is_written_not_queued() {
+    // The target's data and EOF fit in its pipe, so the relay reads them at once.
+    let Session {
+        mut client,
+        target,
+        relay,
+        ..
+    } = Setup {
+        target_buffer: 16 * 1024,
+        ..Setup::default()
+    }
+    .start();
+    let data = pattern(10_000);
+    let (_, writer) = counting_writer(target, data.clone(), true);
+    within("the target's EOF", writer).await.unwrap();
+    // The close is queued behind data the client does not read for a while.
+    tokio::time::sleep(LINGER * 5).await;
+
+    let (received, close) = within(
+        "data, then the close",
+        read_until_close(&mut client, Mode::Binary),
+    )
+    .await;
+    assert!(received == data, "the client got {} bytes", received.len());
+    assert_eq!(close.close_code(), Some(1000));
+    let written = Instant::now();
+    let outcome = outcome(relay).await;
+    assert_about(written.elapsed(), LINGER);
+    assert!(matches!(outcome.reason, CloseReason::TargetClosed));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_reads_is_dropped_by_the_heartbeat_while_our_close_waits() {
+    // Our close waits behind data: after the target's EOF (1000), or as the echo of the
+    // client's own close, when the client is no longer read and no pong can come.
+    for client_closes in [false, true] {
+        let period = Duration::from_secs(10);
+        let Session {
+            mut client,
+            target,
+            relay,
+            ..
+        } = Setup {
+            heartbeat: Some(period),
+            target_buffer: 16 * 1024,
+            ..Setup::default()
+        }
+        .start();
+        let (_, _writer) = counting_writer(target, pattern(10_000), !client_closes);
+        let start = Instant::now();
+        settle().await;
+        if client_closes {
+            client.write_all(&close_frame(1000, "")).await.unwrap();
+        }
+        let outcome = outcome(relay).await;
+        assert_about(start.elapsed(), period * 4);
+        assert!(
+            matches!(outcome.reason, CloseReason::HeartbeatTimeout),
+            "{:?}",
+            outcome.reason
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_base64_encoding_failure_ends_the_session_with_1011_not_an_empty_frame() {
+    let (mut client, mut client_relay) = duplex(64);
+    let (mut target_relay, _target) = duplex(64);
+    let mut relay = Relay::new(
+        &mut client_relay,
+        &mut target_relay,
+        Mode::Base64,
+        Bytes::new(),
+    );
+    // A whole buffer of raw bytes: its encoding cannot fit (the relay reads at most 3/4).
+    relay.down.raw = Some(Buf::take());
+    relay.target_data(BUF_SIZE);
+    let drive = async {
+        while let Progress::AwaitingCloseReply = poll_fn(|cx| relay.poll_run(cx)).await {}
+    };
+    let peer = async {
+        let close = within("the close", read_frame(&mut client)).await;
+        assert_eq!(close.close_code(), Some(1011));
+        assert_eq!(close.close_reason(), "Internal error");
+        client.write_all(&close_frame(1000, "")).await.unwrap();
+    };
+    within("the session", async { tokio::join!(drive, peer) }).await;
+    assert!(
+        matches!(relay.reason, Some(CloseReason::Encode(_))),
+        "{:?}",
+        relay.reason
+    );
+    assert_eq!(relay.bytes_to_client, 0);
 }
 
 #[tokio::test(start_paused = true)]
