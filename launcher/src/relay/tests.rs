@@ -519,6 +519,57 @@ async fn protocol_errors_close_at_once_with_their_code_and_drop_unsent_data() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_protocol_error_still_delivers_what_came_before_it() {
+    let Session {
+        mut client,
+        mut target,
+        relay,
+        ..
+    } = Setup::default().start();
+    let mut bytes = binary(b"valid");
+    bytes.extend([0x82, 0x01, b'x']);
+    client.write_all(&bytes).await.unwrap();
+    assert_eq!(read_to_end(&mut target).await, b"valid");
+    let close = within("the close", read_frame(&mut client)).await;
+    assert_eq!(close.close_code(), Some(1002));
+    assert!(matches!(
+        outcome(relay).await.reason,
+        CloseReason::Protocol(_)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn nothing_follows_our_close_frame() {
+    // A heartbeat tick and a client ping during the linger get no frame after our close.
+    let Session {
+        mut client,
+        mut target,
+        relay,
+        ..
+    } = Setup {
+        heartbeat: Some(Duration::from_millis(500)),
+        ..Setup::default()
+    }
+    .start();
+    target.shutdown().await.unwrap();
+    let close = within("the close", read_frame(&mut client)).await;
+    assert_eq!(close.close_code(), Some(1000));
+    client
+        .write_all(&client_frame(0x89, b"late"))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_to_end(&mut client).await,
+        b"",
+        "a frame after our close"
+    );
+    assert!(matches!(
+        outcome(relay).await.reason,
+        CloseReason::TargetClosed
+    ));
+}
+
+#[tokio::test(start_paused = true)]
 async fn shutdown_sends_1001_and_closes_both_sides() {
     let Session {
         mut client,
