@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{CloseReason, Mode, Outcome, Progress, Relay, RelayOptions, run};
 use crate::buffer::{BUF_SIZE, Buf, HEADROOM};
+use crate::frame;
 
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -113,21 +114,7 @@ const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 /// Encodes a masked client frame; `b0` is FIN | opcode.
 fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = vec![b0];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&MASK);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-    out
+    frame::client_frame(b0, payload, MASK)
 }
 
 fn binary(payload: &[u8]) -> Vec<u8> {
