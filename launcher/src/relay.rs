@@ -1,13 +1,47 @@
 //! The relay: WebSocket frames from the client become a byte stream to the target, and bytes
 //! from the target become binary (or base64 text) frames to the client.
 //!
-//! One task drives both directions through a single poll loop ([`Relay::poll_run`]), so the
-//! client socket has exactly one writer and control frames (pongs, pings, the close) slot in
-//! between data frames without locks or queues. Each direction owns at most one
-//! [`Buf`](crate::buffer::Buf) of 64 KiB and reads again only after everything it read has been
-//! written: a side that stops reading stops the other side's reads (backpressure), and memory
-//! stays bounded whatever the peers do. Buffers go back to the pool whenever a read finds
-//! nothing, so an idle connection holds none.
+//! One task drives both directions through a single poll loop ([`Relay::poll_run`]), so each
+//! socket has exactly one writer and no lock is taken. Control frames (pongs, heartbeat
+//! pings, our close) slot in between data frames on the client socket. Pongs owed wait in a
+//! per-connection queue of at most 16 frames (128 bytes each; past that the oldest is dropped,
+//! as RFC 6455 5.5.3 allows), freed as soon as it empties. Each direction owns at most one
+//! [`Buf`](crate::buffer::Buf) of 64 KiB (two in base64 mode) and reads again only after
+//! everything it read has been written: a side that stops reading stops the other side's
+//! reads (backpressure), and memory stays bounded whatever the peers do. Buffers go back to
+//! the pool whenever a read finds nothing, so an idle connection holds none.
+//!
+//! # Phases
+//!
+//! Each direction is in one phase (`Upstream`, `Downstream`); the session ends when both
+//! are final.
+//!
+//! ```text
+//! Upstream: the client's frames, as bytes for the target
+//!
+//!   Open ──client's close frame, EOF──▶ Draining ──everything written──▶ Closed
+//!     │   or protocol error                       and flushed              ▲
+//!     └────────client I/O error (what was not written is dropped)──────────┘
+//!
+//! Downstream: the target's bytes, as frames for the client, then our close frame
+//!
+//!   Open ──▶ Closing(frame) ──data frame in──▶ Sending ──our close written──▶ Closed
+//!                              progress done              and flushed
+//!   Open, Closing, Sending ──client EOF or I/O error──▶ Gone (nothing more is written)
+//!
+//!   Open -> Closing on: target EOF (1000 "Target closed"), target error (1011), encode
+//!   failure (1011), shutdown (1001), a protocol error (its code; target data not yet
+//!   started is dropped), the client's close (echoed).
+//! ```
+//!
+//! - The client is read only while Upstream is Open, the target only while Downstream is.
+//! - Once Downstream has left Open, client data and pings are dropped: only the client's
+//!   close reply matters.
+//! - Downstream reaching Closed while Upstream is still Open means we wait for the reply:
+//!   [`run`] starts the linger then (not when the close was queued behind data).
+//! - The heartbeat pings while Downstream is Open, Closing or Sending.
+//! - The session ends when Upstream is Closed and Downstream is Closed or Gone, when the
+//!   linger runs out, or when three pings go unanswered.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -43,7 +77,7 @@ pub enum Mode {
 pub struct RelayOptions {
     /// Ping interval (`--heartbeat`); a client that answers none of three pings is dropped.
     pub heartbeat: Option<Duration>,
-    /// How long to wait for the client's close frame after sending ours.
+    /// How long to wait for the client's close frame once ours is written to it.
     pub linger: Duration,
     /// Cancelled on SIGINT/SIGTERM: the relay sends close 1001 and winds down.
     pub shutdown: CancellationToken,
@@ -70,6 +104,9 @@ pub enum CloseReason {
     Shutdown,
     /// The client answered no ping for three heartbeat intervals.
     HeartbeatTimeout,
+    /// Target data could not be base64-encoded (a bug: the buffers are sized so that it
+    /// fits); the client got close 1011.
+    Encode(base64::EncodeSliceError),
 }
 
 impl CloseReason {
@@ -80,7 +117,7 @@ impl CloseReason {
             CloseReason::ClientGone | CloseReason::ClientError(_) => close_code::ABNORMAL,
             CloseReason::HeartbeatTimeout => close_code::ABNORMAL,
             CloseReason::TargetClosed => close_code::NORMAL,
-            CloseReason::TargetError(_) => close_code::INTERNAL,
+            CloseReason::TargetError(_) | CloseReason::Encode(_) => close_code::INTERNAL,
             CloseReason::Protocol(err) => err.code,
             CloseReason::Shutdown => close_code::GOING_AWAY,
         }
@@ -101,6 +138,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::Protocol(err) => write!(f, "client protocol error: {}", err.reason),
             CloseReason::Shutdown => f.write_str("server shutting down"),
             CloseReason::HeartbeatTimeout => f.write_str("client answered no ping in 3 heartbeats"),
+            CloseReason::Encode(err) => write!(f, "base64 encoding of target data failed: {err}"),
         }
     }
 }
@@ -144,19 +182,29 @@ where
     let mut next_ping = heartbeat.map(|period| Instant::now() + period);
     let mut linger_until: Option<Instant> = None;
     loop {
-        if relay.close_queued() && linger_until.is_none() {
-            linger_until = Some(Instant::now() + options.linger);
-        }
+        // `select!` evaluates the guards once per pass. A stale shutdown or heartbeat guard
+        // is harmless (both check the phases again); the linger must start when our close
+        // is out, so poll_run returns then.
         tokio::select! {
-            () = poll_fn(|cx| relay.poll_run(cx)) => break,
-            () = options.shutdown.cancelled(), if !relay.close_queued() => {
+            progress = poll_fn(|cx| relay.poll_run(cx)) => match progress {
+                Progress::Finished => break,
+                // The linger counts from when the client could see our close, not from when
+                // it was queued behind data the client had yet to read.
+                Progress::AwaitingCloseReply => {
+                    linger_until = Some(Instant::now() + options.linger);
+                }
+            },
+            () = options.shutdown.cancelled(), if relay.down.phase.is_open() => {
                 relay.begin_close(close_code::GOING_AWAY, "Server shutting down", CloseReason::Shutdown);
             }
-            () = sleep_until(next_ping.unwrap_or_else(Instant::now)), if next_ping.is_some() && !relay.close_queued() => {
+            // Pings go on while our close waits behind data, so that a client that stopped
+            // reading is still dropped after three heartbeats.
+            () = sleep_until(next_ping.unwrap_or_else(Instant::now)), if next_ping.is_some() && relay.down.phase.writing() => {
                 let period = heartbeat.unwrap_or(Duration::from_secs(1));
                 next_ping = Some(Instant::now() + period);
                 if !relay.heartbeat() {
-                    relay.abort(CloseReason::HeartbeatTimeout);
+                    // This is why the session ends, even if a close was under way.
+                    relay.reason = Some(CloseReason::HeartbeatTimeout);
                     break;
                 }
             }
@@ -166,18 +214,78 @@ where
     relay.finish().await
 }
 
-/// Data read from the target, framed and waiting to be written to the client.
+/// Why [`Relay::poll_run`] returned.
+enum Progress {
+    /// The session is over.
+    Finished,
+    /// Our close frame is out and we wait for the client's reply: start the linger.
+    AwaitingCloseReply,
+}
+
+/// Where client -> target stands (see the module doc's diagram).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Upstream {
+    /// Reading the client's frames.
+    Open,
+    /// The client sent its close, its EOF or a protocol error: no more reads; what it sent
+    /// before is still written to the target.
+    Draining,
+    /// Nothing more goes to the target.
+    Closed,
+}
+
+impl Upstream {
+    fn is_open(self) -> bool {
+        self == Upstream::Open
+    }
+}
+
+/// Where target -> client stands (see the module doc's diagram).
+#[derive(Debug, Clone, Copy)]
+enum Downstream {
+    /// Reading the target and framing what it sends.
+    Open,
+    /// The target is no longer read; our close goes out after the data frame in progress.
+    Closing(ControlFrame),
+    /// Our close is being written (it is the control frame in progress).
+    Sending,
+    /// Our close is written and flushed.
+    Closed,
+    /// The client went away: nothing more is written to it.
+    Gone,
+}
+
+impl Downstream {
+    fn is_open(&self) -> bool {
+        matches!(self, Downstream::Open)
+    }
+
+    /// Whether anything may still be written to the client (so pings still make sense).
+    fn writing(&self) -> bool {
+        matches!(
+            self,
+            Downstream::Open | Downstream::Closing(_) | Downstream::Sending
+        )
+    }
+}
+
+/// Target -> client: framed target data waiting to be written, and the phase.
 struct Down {
+    phase: Downstream,
     buf: Option<Buf>,
     /// Raw bytes read from the target in base64 mode, before encoding.
     raw: Option<Buf>,
     start: usize,
     end: usize,
+    /// The frame at `start..end` is partly written: no control frame may come between.
     started: bool,
+    /// Bytes were written to the client since its last flush.
+    unflushed: bool,
 }
 
-/// Client payload waiting to be written to the target.
+/// Client -> target: client payload waiting to be written, and the phase.
 struct Up {
+    phase: Upstream,
     buf: Option<Buf>,
     /// Decoded bytes in base64 mode (decoding in place could overrun unread input when a
     /// group straddles two reads).
@@ -187,11 +295,26 @@ struct Up {
     /// Binary mode: `start..end` is the payload of a data frame whose rest fits in the
     /// buffer behind it; it is read before writing, so the frame goes out in one write.
     held: bool,
+    /// Bytes were written to the target since its last flush.
+    unflushed: bool,
     /// Bytes that came with the handshake request, decoded before the first read.
     initial: Bytes,
     /// Base64 characters carried over to the next chunk (legacy mode).
     carry: [u8; 4],
     carry_len: usize,
+}
+
+/// Control frames for the client other than our close, and the heartbeat count.
+struct Control {
+    /// The control frame being written (pong, ping or our close) and how much of it is out.
+    writing: Option<(ControlFrame, usize)>,
+    /// Pongs owed, oldest first; past MAX_PONGS the oldest is dropped (RFC 6455 5.5.3).
+    /// Freed whenever it empties.
+    pongs: VecDeque<ControlFrame>,
+    /// A heartbeat tick asked for a ping (ticks while the socket is busy give one ping).
+    ping_due: bool,
+    /// Heartbeat ticks since the client's last pong.
+    missed_pongs: u32,
 }
 
 struct Relay<'a, C, T> {
@@ -201,24 +324,8 @@ struct Relay<'a, C, T> {
     decoder: Decoder,
     up: Up,
     down: Down,
-    /// Control frame being written, and how much of it is out.
-    control: Option<(ControlFrame, usize)>,
-    /// Pongs owed, oldest first; past MAX_PONGS the oldest is dropped (RFC 6455 5.5.3).
-    pongs: VecDeque<ControlFrame>,
-    ping_due: bool,
-    /// Our close frame, waiting for the data frame in progress to finish.
-    close: Option<ControlFrame>,
-    close_sent: bool,
-    client_flush: bool,
-    target_flush: bool,
-    /// Stop reading the client (close received, protocol error or EOF).
-    client_done: bool,
-    client_eof: bool,
-    target_done: bool,
-    /// Finish as soon as the close frame is out (protocol errors).
-    fail_fast: bool,
+    control: Control,
     reason: Option<CloseReason>,
-    missed_pongs: u32,
     bytes_to_target: u64,
     bytes_to_client: u64,
     /// `--record`: this session's recording.
@@ -245,44 +352,38 @@ where
             mode,
             decoder: Decoder::new(),
             up: Up {
+                phase: Upstream::Open,
                 buf: None,
                 decoded: None,
                 start: 0,
                 end: 0,
-                initial,
                 held: false,
+                unflushed: false,
+                initial,
                 carry: [0; 4],
                 carry_len: 0,
             },
             down: Down {
+                phase: Downstream::Open,
                 buf: None,
                 raw: None,
                 start: 0,
                 end: 0,
                 started: false,
+                unflushed: false,
             },
-            control: None,
-            pongs: VecDeque::new(),
-            ping_due: false,
-            close: None,
-            close_sent: false,
-            client_flush: false,
-            target_flush: false,
-            client_done: false,
-            client_eof: false,
-            target_done: false,
-            fail_fast: false,
+            control: Control {
+                writing: None,
+                pongs: VecDeque::new(),
+                ping_due: false,
+                missed_pongs: 0,
+            },
             reason: None,
-            missed_pongs: 0,
             bytes_to_target: 0,
             bytes_to_client: 0,
             recording: None,
             traffic: false,
         }
-    }
-
-    fn close_queued(&self) -> bool {
-        self.close.is_some() || self.close_sent
     }
 
     /// Records why the session ends (the first reason wins).
@@ -292,60 +393,60 @@ where
         }
     }
 
-    /// Queues our close frame; the target is no longer read.
+    /// Queues our close frame (unless one is under way); the target is no longer read.
     fn begin_close(&mut self, code: u16, reason: &str, why: CloseReason) {
         self.set_reason(why);
-        if !self.close_queued() {
-            self.close = Some(ControlFrame::close(Some(code), reason));
+        if self.down.phase.is_open() {
+            self.down.phase = Downstream::Closing(ControlFrame::close(Some(code), reason));
         }
-        self.target_done = true;
     }
 
-    /// Ends the session at once, without a close handshake.
+    /// The client connection failed: end at once, without a close handshake.
     fn abort(&mut self, why: CloseReason) {
         self.set_reason(why);
-        self.client_done = true;
-        self.fail_fast = true;
+        self.up.phase = Upstream::Closed;
+        self.down.phase = Downstream::Gone;
+        self.control.writing = None;
     }
 
     /// A heartbeat tick: queue a ping; false when three pings went unanswered.
     fn heartbeat(&mut self) -> bool {
-        let reading_client = self.up.end == self.up.start && !self.client_done;
-        if reading_client {
-            if self.missed_pongs >= 3 {
+        // A pong can only be seen while we read the client. Once we stopped reading it
+        // (its close or a protocol error) and only our close to it is left to write, a
+        // client that does not read it misses pings all the same.
+        let counts = match (self.up.phase, &self.down.phase) {
+            (Upstream::Open, _) => self.up.start == self.up.end,
+            (_, Downstream::Closing(_) | Downstream::Sending) => true,
+            _ => false,
+        };
+        if counts {
+            if self.control.missed_pongs >= 3 {
                 return false;
             }
-            self.missed_pongs += 1;
+            self.control.missed_pongs += 1;
         }
-        self.ping_due = true;
+        self.control.ping_due = true;
         true
     }
 
     fn finished(&self) -> bool {
-        if self.fail_fast && self.close.is_none() && self.control.is_none() {
-            return true;
-        }
-        let up_flushed = self.up.start == self.up.end && !self.target_flush;
-        let client_flushed = self.control.is_none() && !self.client_flush && !self.down.started;
-        if self.client_eof {
-            return up_flushed;
-        }
-        if self.client_done && self.reason.is_some() {
-            // Close received: our echo (or earlier close) is out and client data delivered.
-            return up_flushed && self.close_sent && client_flushed;
-        }
-        false
+        self.up.phase == Upstream::Closed
+            && matches!(self.down.phase, Downstream::Closed | Downstream::Gone)
     }
 
-    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll_run(&mut self, cx: &mut Context<'_>) -> Poll<Progress> {
         for _ in 0..BUDGET {
+            let sending = matches!(self.down.phase, Downstream::Sending);
             let mut progress = false;
             progress |= self.step_client_write(cx);
             progress |= self.step_target_write(cx);
             progress |= self.step_target_read(cx);
             progress |= self.step_client_read(cx);
             if self.finished() {
-                return Poll::Ready(());
+                return Poll::Ready(Progress::Finished);
+            }
+            if sending && matches!(self.down.phase, Downstream::Closed) && self.up.phase.is_open() {
+                return Poll::Ready(Progress::AwaitingCloseReply);
             }
             if !progress {
                 return Poll::Pending;
@@ -357,15 +458,18 @@ where
 
     /// Writes control frames and framed target data to the client. Returns true on progress.
     fn step_client_write(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.control.is_none() && !self.down.started {
-            self.control = self.next_control().map(|frame| (frame, 0));
+        if let Downstream::Gone | Downstream::Closed = self.down.phase {
+            return false;
         }
-        let result = if let Some((frame, written)) = &mut self.control {
+        if self.control.writing.is_none() && !self.down.started {
+            self.control.writing = self.next_control().map(|frame| (frame, 0));
+        }
+        let result = if let Some((frame, written)) = &mut self.control.writing {
             match Pin::new(&mut *self.client).poll_write(cx, &frame.as_bytes()[*written..]) {
                 Poll::Ready(Ok(n)) => {
                     *written += n;
                     if *written == frame.as_bytes().len() {
-                        self.control = None;
+                        self.control.writing = None;
                     }
                     Ok(n)
                 }
@@ -390,10 +494,14 @@ where
                 Poll::Ready(Err(err)) => Err(err),
                 Poll::Pending => return false,
             }
-        } else if self.client_flush {
+        } else if self.down.unflushed {
             match Pin::new(&mut *self.client).poll_flush(cx) {
                 Poll::Ready(Ok(())) => {
-                    self.client_flush = false;
+                    self.down.unflushed = false;
+                    if let Downstream::Sending = self.down.phase {
+                        // Nothing is written after our close, so it is out.
+                        self.down.phase = Downstream::Closed;
+                    }
                     return true;
                 }
                 Poll::Ready(Err(err)) => Err(err),
@@ -408,37 +516,37 @@ where
                 true
             }
             Ok(_) => {
-                self.client_flush = true;
+                self.down.unflushed = true;
                 true
             }
             Err(err) => {
                 self.abort(CloseReason::ClientError(err));
-                self.control = None;
-                self.close = None;
                 true
             }
         }
     }
 
-    /// The next control frame to send: pongs, then pings, then (after all data) the close.
+    /// The next control frame to send: pongs, then a ping, then (after the data frame in
+    /// progress) our close.
     fn next_control(&mut self) -> Option<ControlFrame> {
-        if self.close_sent {
+        if !matches!(self.down.phase, Downstream::Open | Downstream::Closing(_)) {
+            // Nothing follows our close.
             return None;
         }
-        if let Some(pong) = self.pongs.pop_front() {
-            if self.pongs.is_empty() {
+        if let Some(pong) = self.control.pongs.pop_front() {
+            if self.control.pongs.is_empty() {
                 // Idle connections keep no queue memory.
-                self.pongs = VecDeque::new();
+                self.control.pongs = VecDeque::new();
             }
             return Some(pong);
         }
-        if std::mem::take(&mut self.ping_due) {
+        if std::mem::take(&mut self.control.ping_due) {
             return Some(ControlFrame::ping(&[]));
         }
         if self.down.start == self.down.end
-            && let Some(close) = self.close.take()
+            && let Downstream::Closing(close) = self.down.phase
         {
-            self.close_sent = true;
+            self.down.phase = Downstream::Sending;
             return Some(close);
         }
         None
@@ -446,7 +554,21 @@ where
 
     /// Writes client payload to the target. Returns true on progress.
     fn step_target_write(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.up.start < self.up.end && (!self.up.held || self.client_done) {
+        let progress = self.write_target(cx);
+        if let Upstream::Draining = self.up.phase
+            && self.up.start == self.up.end
+            && !self.up.unflushed
+        {
+            self.up.phase = Upstream::Closed;
+        }
+        progress
+    }
+
+    fn write_target(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Upstream::Closed = self.up.phase {
+            return false;
+        }
+        if self.up.start < self.up.end && (!self.up.held || !self.up.phase.is_open()) {
             let source = match self.mode {
                 Mode::Binary => &self.up.buf,
                 Mode::Base64 => &self.up.decoded,
@@ -457,7 +579,7 @@ where
                 Poll::Ready(Ok(n)) => {
                     self.up.start += n;
                     self.bytes_to_target += n as u64;
-                    self.target_flush = true;
+                    self.up.unflushed = true;
                     if self.traffic {
                         let done = self.up.start == self.up.end;
                         record::traffic(if done {
@@ -471,9 +593,9 @@ where
                 Poll::Pending => return false,
             }
             true
-        } else if self.target_flush {
+        } else if self.up.unflushed {
             match Pin::new(&mut *self.target).poll_flush(cx) {
-                Poll::Ready(Ok(())) => self.target_flush = false,
+                Poll::Ready(Ok(())) => self.up.unflushed = false,
                 Poll::Ready(Err(err)) => self.target_failed(err),
                 Poll::Pending => return false,
             }
@@ -483,9 +605,10 @@ where
         }
     }
 
+    /// A target write failed: what the client sent is dropped, and the client gets 1011.
     fn target_failed(&mut self, err: io::Error) {
         self.up.start = self.up.end;
-        self.target_flush = false;
+        self.up.unflushed = false;
         self.begin_close(
             close_code::INTERNAL,
             "Target connection failed",
@@ -495,7 +618,7 @@ where
 
     /// Reads the target and frames what it read. Returns true on progress.
     fn step_target_read(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.target_done || self.down.start < self.down.end {
+        if !self.down.phase.is_open() || self.down.start < self.down.end {
             return false;
         }
         let limit = match self.mode {
@@ -527,11 +650,7 @@ where
                     CloseReason::TargetClosed,
                 );
             }
-            Ok(n) => {
-                self.bytes_to_client += n as u64;
-                self.note_target_data(n);
-                self.frame_down(n);
-            }
+            Ok(n) => self.target_data(n),
             Err(err) => {
                 self.begin_close(
                     close_code::INTERNAL,
@@ -543,7 +662,21 @@ where
         true
     }
 
-    /// Records and counts `n` bytes just read from the target (before any encoding).
+    /// Records, frames and counts `n` bytes just read from the target. A failed encoding
+    /// ends the session with close 1011 rather than sending the client an empty frame.
+    fn target_data(&mut self, n: usize) {
+        self.note_target_data(n);
+        match self.frame_down(n) {
+            Ok(()) => self.bytes_to_client += n as u64,
+            Err(err) => self.begin_close(
+                close_code::INTERNAL,
+                "Internal error",
+                CloseReason::Encode(err),
+            ),
+        }
+    }
+
+    /// Records `n` bytes just read from the target (before any encoding).
     fn note_target_data(&mut self, n: usize) {
         if self.traffic {
             record::traffic(Token::TargetReceive);
@@ -560,15 +693,15 @@ where
     }
 
     /// Puts a frame header in front of `n` bytes just read (base64-encoding them first in
-    /// the legacy mode) and marks the frame ready for the client.
-    fn frame_down(&mut self, n: usize) {
+    /// the legacy mode) and marks the frame ready for the client. Nothing is queued when
+    /// the encoding fails.
+    fn frame_down(&mut self, n: usize) -> Result<(), base64::EncodeSliceError> {
         let down = &mut self.down;
         let buf = down.buf.get_or_insert_with(Buf::take);
         let (len, kind) = match (self.mode, &down.raw) {
             (Mode::Base64, Some(raw)) => {
                 let encoded = base64::engine::general_purpose::STANDARD
-                    .encode_slice(&raw[HEADROOM..HEADROOM + n], &mut buf[HEADROOM..])
-                    .unwrap_or(0);
+                    .encode_slice(&raw[HEADROOM..HEADROOM + n], &mut buf[HEADROOM..])?;
                 (encoded, DataKind::Text)
             }
             _ => (n, DataKind::Binary),
@@ -580,12 +713,13 @@ where
         down.start = start;
         down.end = HEADROOM + len;
         down.started = false;
+        Ok(())
     }
 
     /// Reads client frames and turns their payload into bytes for the target. Returns true
     /// on progress.
     fn step_client_read(&mut self, cx: &mut Context<'_>) -> bool {
-        if self.client_done || (self.up.start < self.up.end && !self.up.held) {
+        if !self.up.phase.is_open() || (self.up.start < self.up.end && !self.up.held) {
             return false;
         }
         // A held partial frame keeps its payload at the front; read the rest behind it.
@@ -617,10 +751,10 @@ where
             }
         };
         if n == 0 {
-            self.client_done = true;
-            self.client_eof = true;
+            // No close frame: deliver what the client sent, but write nothing more to it.
             self.set_reason(CloseReason::ClientGone);
-            self.close = None;
+            self.up.phase = Upstream::Draining;
+            self.down.phase = Downstream::Gone;
             return true;
         }
         self.decode_up(base, n);
@@ -636,7 +770,8 @@ where
         let mut pos = base;
         let mut out: Option<(usize, usize)> = self.up.held.then_some((self.up.start, self.up.end));
         self.up.held = false;
-        let discard = self.close_queued();
+        // Once our close is under way, the client's data is dropped: only its reply counts.
+        let discard = !self.down.phase.is_open();
         loop {
             let event = match self.decoder.next(&mut buf[..n], &mut pos) {
                 Ok(Some(event)) => event,
@@ -708,24 +843,23 @@ where
                     }
                 }
                 Event::Ping => {
-                    if !self.close_queued() {
-                        if self.pongs.len() >= MAX_PONGS {
-                            self.pongs.pop_front();
+                    if !discard {
+                        let pongs = &mut self.control.pongs;
+                        if pongs.len() >= MAX_PONGS {
+                            pongs.pop_front();
                         }
-                        self.pongs
-                            .push_back(ControlFrame::pong(self.decoder.control_payload()));
+                        pongs.push_back(ControlFrame::pong(self.decoder.control_payload()));
                     }
                 }
-                Event::Pong => self.missed_pongs = 0,
+                Event::Pong => self.control.missed_pongs = 0,
                 Event::Close { code } => {
                     let reason = self.decoder.close_reason().to_owned();
-                    if !self.close_queued() {
+                    if self.down.phase.is_open() {
                         // Echo the client's close, as upstream does.
-                        self.close = Some(ControlFrame::close(code, &reason));
+                        self.down.phase = Downstream::Closing(ControlFrame::close(code, &reason));
                     }
                     self.set_reason(CloseReason::ClientClosed { code, reason });
-                    self.client_done = true;
-                    self.target_done = true;
+                    self.up.phase = Upstream::Draining;
                     break;
                 }
             }
@@ -739,7 +873,7 @@ where
             let room = (buf.len() - end) as u64;
             self.up.held = self.mode == Mode::Binary
                 && start < end
-                && !self.client_done
+                && self.up.phase.is_open()
                 && self
                     .decoder
                     .data_remaining()
@@ -793,9 +927,11 @@ where
         Ok(out)
     }
 
+    /// The client broke the protocol: stop reading it, deliver what it sent before, drop
+    /// target data not yet started and close with the error's code, without waiting for a
+    /// reply.
     fn protocol_error(&mut self, err: ProtocolError) {
-        self.client_done = true;
-        self.fail_fast = true;
+        self.up.phase = Upstream::Draining;
         if !self.down.started {
             self.down.start = self.down.end;
         }
@@ -816,3 +952,6 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
