@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use clap::{Arg, ArgAction, Args, Command, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
+use crate::client::TrustedProxies;
 use crate::config::{
-    AuthSettings, Config, Listen, Settings, SslVersion, Target, TokenSettings, WebSettings,
-    WrapMode, WrapSettings,
+    AuthSettings, Config, Listen, MetricsListen, Settings, SslVersion, Target, TokenSettings,
+    WebSettings, WrapMode, WrapSettings,
 };
 use crate::logging::{LogFormat, LogSettings};
+use crate::proxy_header;
 
 /// Result of parsing argv.
 #[derive(Debug)]
@@ -103,6 +105,8 @@ struct Cli {
     log: LogArgs,
     #[command(flatten)]
     life: LifeArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
     /// Listen address, target and wrapped command, in order (the scanner puts them after `--`).
     #[arg(hide = true, num_args = 0..)]
     positionals: Vec<String>,
@@ -254,6 +258,56 @@ struct LifeArgs {
     /// Accepted for compatibility with Python websockify's SocketServer engine
     #[arg(long)]
     libserver: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Behind a load balancer: client address, limits, metrics, draining")]
+struct FleetArgs {
+    /// Every connection starts with a PROXY protocol v1 or v2 header (HAProxy send-proxy,
+    /// send-proxy-v2) naming the client; connections without one are closed
+    #[arg(long)]
+    proxy_protocol: bool,
+    /// Believe X-Forwarded-For / Forwarded (the last entry) from these peers only, e.g.
+    /// "127.0.0.1,10.0.0.0/8" (a TLS-terminating nginx in front)
+    #[arg(long, value_name = "CIDRS")]
+    trusted_proxy: Option<String>,
+    /// Send a PROXY protocol header (v1 or v2) with the client's address to the target
+    #[arg(long, value_name = "VERSION", value_parser = choice::<ProxyChoice>("--target-proxy-protocol"))]
+    target_proxy_protocol: Option<ProxyChoice>,
+    /// At most N open client connections; more get 503 with Retry-After (0: no limit)
+    #[arg(long, value_name = "N", default_value = "0", value_parser = seconds("--max-connections"))]
+    max_connections: u64,
+    /// At most N open connections per client address (0: no limit)
+    #[arg(long, value_name = "N", default_value = "0", value_parser = seconds("--max-connections-per-ip"))]
+    max_connections_per_ip: u64,
+    /// Serve GET /metrics (Prometheus), /healthz and /readyz on [HOST:]PORT; without a host,
+    /// on 127.0.0.1 only
+    #[arg(long, value_name = "[HOST:]PORT")]
+    metrics_listen: Option<String>,
+    /// After SIGTERM/SIGINT, keep accepting for SECS while /readyz says 503, so that a load
+    /// balancer notices first
+    #[arg(long, value_name = "SECS", default_value = "0", value_parser = seconds("--shutdown-delay"))]
+    shutdown_delay: u64,
+    /// After SIGTERM/SIGINT (and the shutdown delay), let open sessions go on for up to SECS,
+    /// then close them with 1001; a second signal exits at once
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = seconds("--drain-timeout"))]
+    drain_timeout: u64,
+}
+
+/// `--target-proxy-protocol` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProxyChoice {
+    V1,
+    V2,
+}
+
+impl From<ProxyChoice> for proxy_header::Version {
+    fn from(choice: ProxyChoice) -> Self {
+        match choice {
+            ProxyChoice::V1 => proxy_header::Version::V1,
+            ProxyChoice::V2 => proxy_header::Version::V2,
+        }
+    }
 }
 
 /// `--ssl-version` values; kept here so that `config` stays free of clap types.
@@ -605,6 +659,7 @@ fn build(cli: Cli, wrap: bool) -> Result<Settings, UsageError> {
         web: w,
         log,
         life,
+        fleet,
         positionals,
     } = cli;
     let (token_plugin, token_source) = (given(w.token_plugin), given(w.token_source));
@@ -737,6 +792,30 @@ fn build(cli: Cli, wrap: bool) -> Result<Settings, UsageError> {
             .map(str::to_owned)
             .collect(),
     };
+    config.proxy_protocol = fleet.proxy_protocol;
+    if let Some(list) = given(fleet.trusted_proxy) {
+        config.trusted_proxies = TrustedProxies::parse(&list)
+            .map_err(|why| UsageError::new(format!("option --trusted-proxy: {why}")))?;
+    }
+    config.target_proxy_protocol = fleet.target_proxy_protocol.map(Into::into);
+    let limit = |n: u64| (n > 0).then(|| usize::try_from(n).unwrap_or(usize::MAX));
+    config.max_connections = limit(fleet.max_connections);
+    config.max_connections_per_ip = limit(fleet.max_connections_per_ip);
+    if let Some(spec) = given(fleet.metrics_listen) {
+        let bad = || UsageError::new("Error parsing --metrics-listen port");
+        config.metrics_listen = Some(match split_host_port(&spec) {
+            Some((host, text)) => MetricsListen {
+                host: Some(host).filter(|h| !h.is_empty()),
+                port: text.parse().map_err(|_| bad())?,
+            },
+            None => MetricsListen {
+                host: None,
+                port: spec.parse().map_err(|_| bad())?,
+            },
+        });
+    }
+    config.shutdown_delay = Duration::from_secs(fleet.shutdown_delay.min(u32::MAX.into()));
+    config.drain_timeout = Duration::from_secs(fleet.drain_timeout.min(u32::MAX.into()));
     config.token = token_plugin.map(|plugin| TokenSettings {
         plugin,
         source: token_source,
@@ -892,7 +971,7 @@ mod tests {
     fn rejects_ambiguous_prefixes_like_optparse() {
         assert_eq!(
             error("--s 6080 h:1"),
-            "ambiguous option: --s (--ssl-ciphers, --ssl-only, --ssl-target, --ssl-version, --syslog?)"
+            "ambiguous option: --s (--shutdown-delay, --ssl-ciphers, --ssl-only, --ssl-target, --ssl-version, --syslog?)"
         );
         assert_eq!(
             error("--he"),

@@ -8,7 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::client::TrustedProxies;
 use crate::logging::LogSettings;
+use crate::proxy_header;
 
 /// Everything the command line asks for.
 #[derive(Debug, Clone)]
@@ -72,8 +74,24 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Deadline for connecting to the target, over all its addresses.
     pub connect_timeout: Duration,
-    /// How long SIGINT/SIGTERM waits for open sessions to close before exiting anyway.
+    /// After SIGINT/SIGTERM, how long open sessions may go on before they get close 1001
+    /// (`--drain-timeout`).
     pub drain_timeout: Duration,
+    /// After SIGINT/SIGTERM, how long new connections are still accepted while `/readyz` says
+    /// 503, so that a load balancer's health check notices first (`--shutdown-delay`).
+    pub shutdown_delay: Duration,
+    /// Every connection starts with a PROXY protocol header (`--proxy-protocol`).
+    pub proxy_protocol: bool,
+    /// Peers whose `Forwarded`/`X-Forwarded-For` name the client (`--trusted-proxy`).
+    pub trusted_proxies: TrustedProxies,
+    /// Send a PROXY header to the target (`--target-proxy-protocol`).
+    pub target_proxy_protocol: Option<proxy_header::Version>,
+    /// At most this many open client connections (`--max-connections`).
+    pub max_connections: Option<usize>,
+    /// At most this many open connections per client address (`--max-connections-per-ip`).
+    pub max_connections_per_ip: Option<usize>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` on this `[host:]port` (`--metrics-listen`).
+    pub metrics_listen: Option<MetricsListen>,
     /// Record each session to `<record>.<n>` (`--record`).
     pub record: Option<PathBuf>,
     /// Print per-frame traffic tokens to stdout (`--traffic`).
@@ -86,6 +104,13 @@ pub struct Config {
     pub auth: AuthSettings,
     /// Token-based targets (`--token-plugin`, `--token-source`, `--host-token`).
     pub token: Option<TokenSettings>,
+}
+
+/// `--metrics-listen [host:]port`; without a host, loopback only (metrics are not public).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsListen {
+    pub host: Option<String>,
+    pub port: u16,
 }
 
 /// `--web DIR` and `--file-only`.
@@ -208,6 +233,13 @@ impl Config {
             handshake_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
+            proxy_protocol: false,
+            trusted_proxies: TrustedProxies::default(),
+            target_proxy_protocol: None,
+            max_connections: None,
+            max_connections_per_ip: None,
+            metrics_listen: None,
             record: None,
             traffic: false,
             web: None,

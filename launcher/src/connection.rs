@@ -1,57 +1,109 @@
-//! One client connection, start to finish: sniff -> TLS -> request -> connect target ->
-//! relay -> close. Every step is bounded in time, and every failure ends this connection
-//! only, with one log line saying why.
+//! One client connection, start to finish: (PROXY header) -> sniff -> TLS -> request ->
+//! connect target -> relay -> close. Every step is bounded in time, and every failure ends
+//! this connection only, with one log line saying why.
 
 use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::client::ClientAddr;
 use crate::frame::close_code;
+use crate::limits::{Over, Slot};
+use crate::listen::Peer;
+use crate::logging::Throttle;
+use crate::metrics::{METRICS, Refusal};
+use crate::proxy_header;
 use crate::record;
 use crate::relay::{self, RelayOptions};
-use crate::request;
+use crate::request::{self, Admission};
 use crate::sniff::{self, Sniffed};
 use crate::state::Shared;
 use crate::stream::ClientStream;
 use crate::target;
 
-/// Serves one accepted connection; logs instead of returning errors.
-pub async fn handle(client: ClientStream, shared: Arc<Shared>) {
+/// Rate limits for the lines a flood of bad connections would write.
+static NO_PROXY_HEADER: Throttle = Throttle::new("PROXY header missing", tracing::Level::INFO);
+static TLS_FAILED: Throttle = Throttle::new("TLS handshake failed", tracing::Level::INFO);
+static PLAIN_REFUSED: Throttle = Throttle::new("non-TLS connection refused", tracing::Level::INFO);
+static DROPPED: Throttle = Throttle::new("connection dropped", tracing::Level::INFO);
+
+/// Serves one accepted connection; logs instead of returning errors. `slot` is its place in
+/// `--max-connections`, taken at accept (or the limit that refused it: the client then gets
+/// 503 once its request is read).
+pub async fn handle(
+    mut client: ClientStream,
+    peer: Peer,
+    slot: Result<Slot, Over>,
+    shared: Arc<Shared>,
+) {
     let config = &shared.config;
     let accepted = Instant::now();
     let deadline = accepted + config.handshake_timeout;
-    tracing::debug!("accepted connection");
+    tracing::debug!(%peer, "accepted connection");
+
+    let mut client_addr = peer.addr().map(ClientAddr::from);
+    if config.proxy_protocol {
+        let timeout = config.first_byte_timeout;
+        match proxy_header::read(&mut client, accepted + timeout, timeout).await {
+            Ok(Some(source)) => client_addr = Some(source.into()),
+            Ok(None) => {}
+            Err(err) => {
+                METRICS.refused(Refusal::ProxyHeader);
+                if NO_PROXY_HEADER.admit() {
+                    tracing::info!(%peer, "connection refused: {err}");
+                }
+                return;
+            }
+        }
+    }
+    let peer_trusted = peer
+        .addr()
+        .is_some_and(|addr| config.trusted_proxies.contains(addr.ip()));
+    if !peer_trusted && let Some(addr) = &client_addr {
+        tracing::Span::current().record("client", tracing::field::display(addr));
+    }
 
     let stream = match sniff::sniff(&client, config.first_byte_timeout).await {
         Ok(Sniffed::Tls) => {
             let acceptor = match shared.tls.acceptor() {
                 Ok(acceptor) => acceptor,
                 Err(err) => {
+                    METRICS.tls_handshake(false);
                     tracing::warn!("TLS connection refused: {err}");
                     return;
                 }
             };
-            match tokio::time::timeout_at(deadline, acceptor.accept(client)).await {
+            let handshake = tokio::time::timeout_at(deadline, acceptor.accept(client)).await;
+            METRICS.tls_handshake(matches!(handshake, Ok(Ok(_))));
+            match handshake {
                 Ok(Ok(tls)) => ClientStream::Tls(Box::new(tls)),
                 Ok(Err(err)) => {
-                    tracing::info!("TLS handshake failed: {err}");
+                    METRICS.refused(Refusal::Tls);
+                    if TLS_FAILED.admit() {
+                        tracing::info!("TLS handshake failed: {err}");
+                    }
                     return;
                 }
                 Err(_) => {
-                    tracing::info!(
-                        "TLS handshake not finished within {:?}",
-                        config.handshake_timeout
-                    );
+                    METRICS.refused(Refusal::Tls);
+                    if TLS_FAILED.admit() {
+                        tracing::info!(
+                            "TLS handshake not finished within {:?}",
+                            config.handshake_timeout
+                        );
+                    }
                     return;
                 }
             }
         }
         Ok(Sniffed::Plain | Sniffed::FlashPolicy) if config.tls.ssl_only => {
-            tracing::info!("non-TLS connection refused (--ssl-only)");
+            METRICS.refused(Refusal::Tls);
+            if PLAIN_REFUSED.admit() {
+                tracing::info!("non-TLS connection refused (--ssl-only)");
+            }
             return;
         }
         Ok(Sniffed::FlashPolicy) => {
-            let mut client = client;
             match sniff::answer_flash_policy(&mut client, config.first_byte_timeout).await {
                 Ok(true) => tracing::info!("answered a Flash policy request"),
                 _ => tracing::debug!(
@@ -68,15 +120,22 @@ pub async fn handle(client: ClientStream, shared: Arc<Shared>) {
     };
     let scheme = if stream.is_tls() { "wss" } else { "ws" };
 
+    let mut admission = Admission {
+        client: client_addr,
+        peer_trusted,
+        slot,
+    };
     let head_time = deadline.saturating_duration_since(Instant::now());
-    let upgraded = match request::serve(stream, head_time, &shared).await {
+    let upgraded = match request::serve(stream, head_time, &shared, &mut admission).await {
         Ok(Some(upgraded)) => upgraded,
         Ok(None) => {
             tracing::debug!("connection closed without a WebSocket upgrade");
             return;
         }
         Err(err) => {
-            tracing::info!("connection dropped: {err}");
+            if DROPPED.admit() {
+                tracing::info!("connection dropped: {err}");
+            }
             return;
         }
     };
@@ -92,8 +151,10 @@ pub async fn handle(client: ClientStream, shared: Arc<Shared>) {
     tracing::info!(
         path = %upgraded.path,
         protocol = upgraded.protocol.unwrap_or("none"),
+        target = %target_desc,
         "{scheme}:// WebSocket connection, connecting to {target_desc}{tls_note}"
     );
+    METRICS.session_opened();
     // Opened before connecting, as upstream: a failed connect still leaves a (short) file.
     let recording = shared
         .recorder
@@ -110,16 +171,24 @@ pub async fn handle(client: ClientStream, shared: Arc<Shared>) {
     }
 
     let mut client = upgraded.stream;
+    let proxy = config.target_proxy_protocol.map(|version| {
+        (
+            version,
+            admission.client.as_ref().map(ClientAddr::socket_addr),
+        )
+    });
     let connect = target::connect(
         target_desc,
         shared.target_tls.as_ref(),
+        proxy,
         config.connect_timeout,
     );
     let connected = tokio::select! {
         connected = connect => connected,
-        () = shared.shutdown.cancelled() => {
+        () = shared.close_sessions.cancelled() => {
             tracing::info!("shutting down while connecting to {target_desc}");
             relay::send_close(&mut client, close_code::GOING_AWAY, "Server shutting down").await;
+            METRICS.session_closed(close_code::GOING_AWAY, 0, 0);
             return;
         }
     };
@@ -133,6 +202,7 @@ pub async fn handle(client: ClientStream, shared: Arc<Shared>) {
                 "Failed to connect to downstream server",
             )
             .await;
+            METRICS.session_closed(close_code::INTERNAL, 0, 0);
             return;
         }
     };
@@ -141,7 +211,7 @@ pub async fn handle(client: ClientStream, shared: Arc<Shared>) {
     let options = RelayOptions {
         heartbeat: config.heartbeat,
         linger: std::time::Duration::from_secs(2),
-        shutdown: shared.shutdown.clone(),
+        shutdown: shared.close_sessions.clone(),
         traffic: config.traffic,
     };
     let outcome = relay::run(
@@ -153,12 +223,16 @@ pub async fn handle(client: ClientStream, shared: Arc<Shared>) {
         &options,
     )
     .await;
+    let code = outcome.reason.code();
+    METRICS.session_closed(code, outcome.bytes_to_target, outcome.bytes_to_client);
     tracing::info!(
+        target = %target_desc,
         duration = ?session_start.elapsed(),
         to_target = outcome.bytes_to_target,
         to_client = outcome.bytes_to_client,
-        code = outcome.reason.code(),
+        code,
         "session closed: {}",
         outcome.reason
     );
+    drop(admission);
 }

@@ -15,6 +15,37 @@ use crate::stream::ClientStream;
 /// Pending connections the kernel may queue (upstream uses 100; more helps bursts).
 const BACKLOG: i32 = 1024;
 
+/// The direct peer of an accepted connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// A TCP peer.
+    Ip(SocketAddr),
+    /// A client of the unix socket listener (named by the socket's path).
+    Unix(String),
+    /// The connection inetd handed over, peer unknown.
+    Inetd,
+}
+
+impl Peer {
+    /// The peer's address, when it has one.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        match self {
+            Peer::Ip(addr) => Some(*addr),
+            Peer::Unix(_) | Peer::Inetd => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Peer::Ip(addr) => write!(f, "{addr}"),
+            Peer::Unix(path) => write!(f, "unix socket {path}"),
+            Peer::Inetd => f.write_str("inetd"),
+        }
+    }
+}
+
 /// A source of client connections.
 pub enum Listener {
     Tcp(tokio::net::TcpListener),
@@ -46,14 +77,14 @@ impl Drop for Listener {
 }
 
 impl Listener {
-    /// Accepts the next connection with a description of the peer for the log; `Ok(None)`
-    /// when this listener has no more connections to give.
-    pub async fn accept(&mut self) -> io::Result<Option<(ClientStream, String)>> {
+    /// Accepts the next connection and says who connected; `Ok(None)` when this listener
+    /// has no more connections to give.
+    pub async fn accept(&mut self) -> io::Result<Option<(ClientStream, Peer)>> {
         match self {
             Listener::Tcp(listener) => {
                 let (stream, peer) = listener.accept().await?;
                 let _ = stream.set_nodelay(true);
-                Ok(Some((ClientStream::Tcp(stream), peer.to_string())))
+                Ok(Some((ClientStream::Tcp(stream), Peer::Ip(peer))))
             }
             Listener::Unix {
                 listener,
@@ -63,9 +94,15 @@ impl Listener {
                 let name = owned_path
                     .as_deref()
                     .map_or_else(|| "unix".to_owned(), |p| p.display().to_string());
-                Ok(Some((ClientStream::Unix(stream), name)))
+                Ok(Some((ClientStream::Unix(stream), Peer::Unix(name))))
             }
-            Listener::Connected(stream) => Ok(stream.take().map(|s| (s, "inetd".to_owned()))),
+            Listener::Connected(stream) => Ok(stream.take().map(|stream| {
+                let peer = match &stream {
+                    ClientStream::Tcp(tcp) => tcp.peer_addr().map_or(Peer::Inetd, Peer::Ip),
+                    _ => Peer::Inetd,
+                };
+                (stream, peer)
+            })),
         }
     }
 

@@ -6,12 +6,16 @@
 //! banner, readiness (systemd, the `-D` launcher), [`crate::run`], and in wrap mode the
 //! supervision of the program. SIGINT/SIGTERM drain the sessions; a second one exits at once.
 
+use std::sync::Arc;
+
 use anyhow::Context as _;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Listen, Settings, Target};
 use crate::daemon::{Daemon, PidFile};
 use crate::listen::{self, Listener};
+use crate::server;
 use crate::wrap::{self, WrapEnd, Wrapper};
 
 /// Runs the server described by `settings` until it ends; returns the exit status.
@@ -50,12 +54,13 @@ async fn serve(settings: Settings, daemon: &mut Option<Daemon>) -> anyhow::Resul
         .transpose()?;
     let local = listener.describe();
     let shutdown = CancellationToken::new();
-    spawn_signal_handler(shutdown.clone())?;
+    let reload = Arc::new(Notify::new());
+    spawn_signal_handler(shutdown.clone(), Arc::clone(&reload))?;
 
     let Some(wrap_settings) = settings.wrap else {
         banner(&config, &local, None);
         ready(daemon);
-        crate::run(config, listener, shutdown).await?;
+        server::run_with(config, listener, shutdown, reload).await?;
         listen::sd_notify("STOPPING=1");
         return Ok(0);
     };
@@ -76,7 +81,7 @@ async fn serve(settings: Settings, daemon: &mut Option<Daemon>) -> anyhow::Resul
     banner(&config, &local, Some(&wrapper.describe()));
     ready(daemon);
 
-    let mut server = std::pin::pin!(crate::run(config, listener, shutdown.clone()));
+    let mut server = std::pin::pin!(server::run_with(config, listener, shutdown.clone(), reload));
     enum First {
         Server(anyhow::Result<()>),
         Wrapper(anyhow::Result<WrapEnd>),
@@ -172,24 +177,44 @@ fn raise_fd_limit() {
     }
 }
 
-/// SIGINT/SIGTERM: the first cancels `shutdown` (sessions drain), the second exits at once.
-fn spawn_signal_handler(shutdown: CancellationToken) -> anyhow::Result<()> {
+/// What each signal means. SIGINT/SIGTERM: the first cancels `shutdown` (the server drains),
+/// the second exits at once. SIGHUP (a closed terminal, logrotate): reload what can be
+/// reloaded. SIGUSR1/SIGUSR2: ignored (their default would end the process with no cleanup).
+fn spawn_signal_handler(shutdown: CancellationToken, reload: Arc<Notify>) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
+    let mut hangup = signal(SignalKind::hangup())?;
+    let mut user1 = signal(SignalKind::user_defined1())?;
+    let mut user2 = signal(SignalKind::user_defined2())?;
     tokio::spawn(async move {
-        for round in 0..2 {
+        let mut stops = 0;
+        loop {
             let name = tokio::select! {
                 _ = interrupt.recv() => "SIGINT",
                 _ = terminate.recv() => "SIGTERM",
+                _ = hangup.recv() => {
+                    reload.notify_one();
+                    continue;
+                }
+                _ = user1.recv() => {
+                    tracing::info!("SIGUSR1 received: ignored");
+                    continue;
+                }
+                _ = user2.recv() => {
+                    tracing::info!("SIGUSR2 received: ignored");
+                    continue;
+                }
             };
-            if round == 0 {
-                tracing::info!("{name} received: closing sessions; send it again to exit at once");
+            stops += 1;
+            if stops == 1 {
+                tracing::info!("{name} received: draining; send it again to exit at once");
                 shutdown.cancel();
             } else {
                 tracing::warn!("{name} received again: exiting now");
                 // A wrapped program runs in its own process group: take it down with us.
                 wrap::kill_descendants();
+                crate::logging::sink::flush_all(std::time::Duration::from_millis(200));
                 std::process::exit(1);
             }
         }

@@ -23,10 +23,15 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::AsyncWriteExt as _;
 use tokio::time::Instant;
+use tracing::Level;
 
+use crate::client::{self, ClientAddr};
 use crate::config::Target;
 use crate::handshake::{self, Accept};
 use crate::http::{self, HeadError, MAX_HEAD, MAX_HEADERS};
+use crate::limits::{Over, Slot};
+use crate::logging::Throttle;
+use crate::metrics::{METRICS, Refusal};
 use crate::relay::Mode;
 use crate::response::{Body, Reject, SERVER, empty_body};
 use crate::state::Shared;
@@ -75,12 +80,48 @@ enum Routed {
     Web(Response<Body>),
 }
 
+/// Who the connection is from and its place in the connection limits; the request step
+/// completes it from the first request head.
+pub struct Admission {
+    /// The client so far: the direct peer, or the PROXY header's source.
+    pub client: Option<ClientAddr>,
+    /// The peer is in `--trusted-proxy`: the first head's `Forwarded`/`X-Forwarded-For` names
+    /// the client (and it is recorded in the log span then, not before).
+    pub peer_trusted: bool,
+    /// The total-limit slot taken at accept, or which limit refused it; kept until the
+    /// connection closes.
+    pub slot: Result<Slot, Over>,
+}
+
+impl Admission {
+    /// Settles the client from the head and takes its per-address place.
+    fn admit<B>(&mut self, request: &Request<B>) -> Result<(), Reject> {
+        if self.peer_trusted {
+            if let Some(forwarded) = client::forwarded_client(request.headers()) {
+                self.client = Some(forwarded);
+            }
+            if let Some(client) = &self.client {
+                tracing::Span::current().record("client", tracing::field::display(client));
+            }
+        }
+        let slot = self
+            .slot
+            .as_mut()
+            .map_err(|over| Reject::Overloaded(*over))?;
+        match &self.client {
+            Some(client) => slot.assign(client.ip).map_err(Reject::Overloaded),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Serves requests on `stream` until a WebSocket upgrade (`Ok(Some)`), or until the client
 /// goes away after non-upgrade requests (`Ok(None)`).
 pub async fn serve(
     mut stream: ClientStream,
     head_timeout: Duration,
     shared: &Arc<Shared>,
+    admission: &mut Admission,
 ) -> Result<Option<Upgraded>, RequestError> {
     let client_cert = stream.peer_certificate();
     let deadline = Instant::now() + head_timeout;
@@ -89,12 +130,19 @@ pub async fn serve(
         Ok(None) => return Ok(None),
         Err(err) => {
             if let Some(status) = err.status() {
+                METRICS.refused(Refusal::Protocol);
                 let _ = http::write_response(&mut stream, http::head_error_response(status)).await;
                 let _ = stream.shutdown().await;
             }
             return Err(err.into());
         }
     };
+    if let Err(reject) = admission.admit(&head.request) {
+        log_refusal(&reject, &head.request);
+        let _ = http::write_response(&mut stream, reject.response()).await;
+        let _ = stream.shutdown().await;
+        return Ok(None);
+    }
     if shared.web.is_some() && !handshake::is_upgrade(head.request.method(), head.request.headers())
     {
         let rest = deadline.saturating_duration_since(Instant::now());
@@ -305,7 +353,13 @@ async fn choose_target<B>(
         },
     )?;
     let tag = token::token_tag(&token);
-    match tokens.lookup(&token).await {
+    let (result, elapsed) = tokens.lookup_timed(&token).await;
+    METRICS.token_lookup(
+        tokens.name(),
+        elapsed,
+        result.as_ref().err().map(|err| err.kind()),
+    );
+    match result {
         Ok(Some(target)) => {
             tracing::info!(token = %tag, "token resolved to {target}");
             Ok(target)
@@ -318,36 +372,80 @@ async fn choose_target<B>(
     }
 }
 
-/// One log line per refused request: the detail the client is not told.
+/// One log line per refused request (at most one per second per kind, then a count): the
+/// detail the client is not told. Each refusal of a handshake is counted in the metrics.
 fn log_refusal<B>(reject: &Reject, request: &Request<B>) {
+    static PLAIN: Throttle = Throttle::new("plain HTTP refused", Level::INFO);
+    static HANDSHAKE: Throttle = Throttle::new("WebSocket handshake refused", Level::INFO);
+    static AUTH: Throttle = Throttle::new("authentication refused", Level::INFO);
+    static TOKEN_MISSING: Throttle = Throttle::new("token not present", Level::INFO);
+    static TOKEN_UNKNOWN: Throttle = Throttle::new("token not found", Level::INFO);
+    static TOKEN_FAILED: Throttle = Throttle::new("token lookup failed", Level::WARN);
+    static LIMIT: Throttle = Throttle::new("connection limit reached", Level::INFO);
     let path = request.uri().path();
-    match reject {
-        Reject::WebSocketOnly => tracing::info!(
-            method = %request.method(),
-            path,
-            "refused plain HTTP request: no --web directory"
-        ),
-        Reject::Handshake(err) => tracing::info!(path, "refused WebSocket handshake: {err}"),
-        Reject::DuplicateHost => tracing::info!(path, "refused request: more than one Host header"),
-        Reject::Auth(reject) => tracing::info!(
-            path,
-            status = reject.status.as_u16(),
-            "authentication refused: {}",
-            reject.log
-        ),
+    let refusal = match reject {
+        Reject::WebSocketOnly => {
+            if PLAIN.admit() {
+                tracing::info!(method = %request.method(), path, "refused plain HTTP request: no --web directory");
+            }
+            Refusal::Protocol
+        }
+        Reject::Handshake(err) => {
+            if HANDSHAKE.admit() {
+                tracing::info!(path, "refused WebSocket handshake: {err}");
+            }
+            Refusal::Protocol
+        }
+        Reject::DuplicateHost => {
+            if HANDSHAKE.admit() {
+                tracing::info!(path, "refused request: more than one Host header");
+            }
+            Refusal::Protocol
+        }
+        Reject::Auth(reject) => {
+            if AUTH.admit() {
+                tracing::info!(
+                    path,
+                    status = reject.status.as_u16(),
+                    "authentication refused: {}",
+                    reject.log
+                );
+            }
+            if reject.about_origin() {
+                Refusal::Origin
+            } else {
+                Refusal::Auth
+            }
+        }
         Reject::TokenMissing { .. } => {
-            tracing::info!(path, "refused WebSocket connection: Token not present")
+            if TOKEN_MISSING.admit() {
+                tracing::info!(path, "refused WebSocket connection: Token not present");
+            }
+            Refusal::Token
         }
         Reject::TokenUnknown { tag } => {
-            tracing::info!(token = %tag, "refused WebSocket connection: Token not found")
+            if TOKEN_UNKNOWN.admit() {
+                tracing::info!(token = %tag, "refused WebSocket connection: Token not found");
+            }
+            Refusal::Token
         }
         Reject::TokenUnavailable { tag, error } => {
-            tracing::warn!(token = %tag, "token lookup failed: {error}")
+            if TOKEN_FAILED.admit() {
+                tracing::warn!(token = %tag, "token lookup failed: {error}");
+            }
+            Refusal::Token
         }
-        // The file server's refusals are part of its debug line.
+        Reject::Overloaded(over) => {
+            if LIMIT.admit() {
+                tracing::info!(path, "refused connection: {over}");
+            }
+            Refusal::Limit
+        }
+        // The file server's refusals are part of its debug line, and no handshakes.
         Reject::FileNotFound
         | Reject::MethodNotAllowed
         | Reject::NotImplemented(_)
-        | Reject::FileUnreadable => {}
-    }
+        | Reject::FileUnreadable => return,
+    };
+    METRICS.refused(refusal);
 }

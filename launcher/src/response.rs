@@ -15,6 +15,7 @@ use hyper::{Method, Response, StatusCode};
 
 use crate::auth::AuthReject;
 use crate::handshake::HandshakeError;
+use crate::limits::Over;
 
 /// The value of our `Server` header.
 pub const SERVER: &str = concat!("WebSockify Rust/", env!("CARGO_PKG_VERSION"));
@@ -63,6 +64,8 @@ pub enum Reject {
         /// What went wrong, for the log.
         error: String,
     },
+    /// `--max-connections` or `--max-connections-per-ip` reached: 503 with `Retry-After`.
+    Overloaded(Over),
     /// `--web`: nothing servable at this path: 404, connection kept open.
     FileNotFound,
     /// `--web`: a method we know but do not serve: 405 with `Allow: GET, HEAD`.
@@ -83,7 +86,9 @@ impl Reject {
             }
             Reject::Auth(reject) => reject.status,
             Reject::TokenUnknown { .. } | Reject::FileNotFound => StatusCode::NOT_FOUND,
-            Reject::TokenUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::TokenUnavailable { .. } | Reject::Overloaded(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Reject::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Reject::FileUnreadable => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -102,7 +107,10 @@ impl Reject {
             Reject::NotImplemented(method) => {
                 Some(format!("Unsupported method ('{method}')").into())
             }
-            Reject::WebSocketOnly | Reject::MethodNotAllowed | Reject::FileUnreadable => None,
+            Reject::WebSocketOnly
+            | Reject::MethodNotAllowed
+            | Reject::FileUnreadable
+            | Reject::Overloaded(_) => None,
         }
     }
 
@@ -119,6 +127,9 @@ impl Reject {
                 "The token backend could not be asked; try again later.".into()
             }
             Reject::MethodNotAllowed => "Only GET and HEAD are served here.".into(),
+            Reject::Overloaded(_) => {
+                "This server has as many connections as it takes; try again in a moment.".into()
+            }
             Reject::FileUnreadable => "The file could not be read.".into(),
             other => other
                 .reason()
@@ -154,6 +165,9 @@ impl Reject {
             }
             Reject::FileNotFound => {
                 headers.remove(header::CONNECTION);
+            }
+            Reject::Overloaded(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

@@ -1,37 +1,89 @@
 //! The accept loop: hands each connection to its own task, and decides when the server stops
-//! (signal, `--timeout`, `--idle-timeout`, `--run-once`) and how long it drains.
+//! (signal, `--timeout`, `--idle-timeout`, `--run-once`) and how it drains.
+//!
+//! Draining on SIGINT/SIGTERM (`shutdown` cancelled): `/readyz` turns 503 at once; new
+//! connections are still accepted for `--shutdown-delay` so a load balancer's health check
+//! notices first; then the listener closes; open sessions go on for up to `--drain-timeout`,
+//! then get close 1001 (`Shared::close_sessions`) and a short, bounded time to finish.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
-use crate::config::Config;
+use crate::config::{Config, MetricsListen};
 use crate::listen::Listener;
+use crate::metrics;
 use crate::state::Shared;
 
-/// Serves `listener` until `shutdown` is cancelled or a lifecycle option ends the server.
+/// How long sessions get to send their 1001 and close once the drain timeout is over (the
+/// relay's close linger is 2 s).
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+/// Serves `listener` until `shutdown` is cancelled (then drains) or a lifecycle option ends
+/// the server.
 pub async fn run(
     config: Config,
     listener: impl Into<Listener>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    run_with(config, listener, shutdown, Arc::new(Notify::new())).await
+}
+
+/// [`run`], and each notification of `reload` (SIGHUP) re-reads what can change while
+/// running: the TLS certificate, the token files, and `--log-file` (reopened for logrotate).
+pub async fn run_with(
+    config: Config,
+    listener: impl Into<Listener>,
+    shutdown: CancellationToken,
+    reload: Arc<Notify>,
+) -> anyhow::Result<()> {
     let mut listener = listener.into();
-    let shared = Arc::new(Shared::new(config, shutdown.clone())?);
+    let shared = Arc::new(Shared::new(config)?);
+    let reloader = tokio::spawn(reload_on(reload, Arc::clone(&shared)));
+    let _stop_reloader = AbortOnDrop(reloader);
     let config = &shared.config;
+    let metrics_stop = CancellationToken::new();
+    let _stop_metrics = metrics_stop.clone().drop_guard();
+    if let Some(spec) = &config.metrics_listen {
+        let metrics_listener = bind_metrics(spec).await?;
+        tracing::info!(
+            "metrics listening on {}",
+            metrics_listener
+                .local_addr()
+                .map_or_else(|_| "?".to_owned(), |a| a.to_string())
+        );
+        let readiness: Arc<dyn metrics::Readiness> = shared.clone();
+        tokio::spawn(metrics::serve(metrics_listener, readiness, metrics_stop));
+    }
     let tracker = TaskTracker::new();
     let stop_at = config.timeout.map(|t| Instant::now() + t);
     let mut idle_since = Instant::now();
     let mut idle_tick = tokio::time::interval(Duration::from_secs(1));
     let mut next_id: u64 = 0;
+    // Set once draining: new connections are taken until then.
+    let mut accept_until: Option<Instant> = None;
 
     loop {
         tokio::select! {
-            () = shutdown.cancelled() => {
-                tracing::info!(open = tracker.len(), "shutting down: closing sessions (up to {:?})", config.drain_timeout);
+            () = shutdown.cancelled(), if accept_until.is_none() => {
+                shared.draining.store(true, Ordering::Relaxed);
+                accept_until = Some(Instant::now() + config.shutdown_delay);
+                tracing::info!(
+                    open = tracker.len(),
+                    "shutting down: not ready; accepting for {:?} more, then sessions have {:?} to finish",
+                    config.shutdown_delay,
+                    config.drain_timeout
+                );
+            }
+            () = tokio::time::sleep_until(accept_until.unwrap_or_else(Instant::now)), if accept_until.is_some() => {
+                tracing::info!(open = tracker.len(), "listener closed: draining open sessions");
                 break;
             }
             () = shared.stop_accepting.cancelled() => {
@@ -54,8 +106,9 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok(Some((stream, peer))) => {
                     next_id += 1;
-                    let span = tracing::info_span!("conn", id = next_id, %peer);
-                    tracker.spawn(crate::connection::handle(stream, Arc::clone(&shared)).instrument(span));
+                    let slot = shared.limits.admit();
+                    let span = tracing::info_span!("conn", id = next_id, client = tracing::field::Empty);
+                    tracker.spawn(crate::connection::handle(stream, peer, slot, Arc::clone(&shared)).instrument(span));
                 }
                 Ok(None) => {
                     tracing::debug!("no more connections from {}", listener.describe());
@@ -74,18 +127,76 @@ pub async fn run(
     if !shutdown.is_cancelled() {
         tokio::select! {
             () = tracker.wait() => return Ok(()),
-            () = shutdown.cancelled() => {}
+            () = shutdown.cancelled() => shared.draining.store(true, Ordering::Relaxed),
         }
     }
     if tokio::time::timeout(config.drain_timeout, tracker.wait())
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    tracing::info!(
+        open = tracker.len(),
+        "drain timeout of {:?} over: closing the remaining sessions (1001)",
+        config.drain_timeout
+    );
+    shared.close_sessions.cancel();
+    if tokio::time::timeout(CLOSE_GRACE, tracker.wait())
         .await
         .is_err()
     {
         tracing::warn!(
             open = tracker.len(),
-            "sessions still open after {:?}; exiting anyway",
-            config.drain_timeout
+            "sessions still open {CLOSE_GRACE:?} after their close; exiting anyway"
         );
     }
     Ok(())
+}
+
+/// Aborts a background task when the server returns.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reloads on every notification, logging what it did.
+async fn reload_on(reload: Arc<Notify>, shared: Arc<Shared>) {
+    loop {
+        reload.notified().await;
+        tracing::info!("SIGHUP: reloading the certificate, the token files and the log file");
+        if shared.tls.cert_present() {
+            match shared.tls.check() {
+                Ok(()) => tracing::info!(
+                    "TLS certificate in use: {}",
+                    shared.config.tls.cert.display()
+                ),
+                Err(err) => tracing::warn!("TLS certificate: {err}"),
+            }
+        }
+        if let Some(tokens) = &shared.tokens {
+            match tokens.reload().await {
+                Ok(Some(count)) => tracing::info!("{}: {count} tokens loaded", tokens.name()),
+                Ok(None) => tracing::info!("{}: nothing to reload (not file-based)", tokens.name()),
+                Err(err) => tracing::warn!("{}: reload failed: {err}", tokens.name()),
+            }
+        }
+        match tokio::task::spawn_blocking(crate::logging::reopen).await {
+            Ok(Ok(Some(path))) => tracing::info!("log file reopened: {}", path.display()),
+            Ok(Ok(None)) => {}
+            Ok(Err(err)) => tracing::warn!("log file not reopened: {err:#}"),
+            Err(err) => tracing::warn!("log file not reopened: {err}"),
+        }
+    }
+}
+
+/// Binds the metrics listener: `host:port`, or loopback for a bare port.
+async fn bind_metrics(spec: &MetricsListen) -> anyhow::Result<tokio::net::TcpListener> {
+    let host = spec.host.as_deref().unwrap_or("127.0.0.1");
+    tokio::net::TcpListener::bind((host, spec.port))
+        .await
+        .with_context(|| format!("cannot listen for metrics on {host}:{}", spec.port))
 }

@@ -3,12 +3,17 @@
 //! TLS certificate cache inside [`TlsServer`] is the only part that changes, and only when the
 //! certificate file does.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use anyhow::Context as _;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::limits::Limits;
+use crate::metrics::Readiness;
 use crate::record::Recorder;
 use crate::tls::{self, TlsServer};
 use crate::token::Tokens;
@@ -28,15 +33,19 @@ pub struct Shared {
     pub recorder: Option<Recorder>,
     /// `--ssl-target`: the TLS client for targets.
     pub target_tls: Option<TlsConnector>,
-    /// Cancelled on SIGINT/SIGTERM: sessions send close 1001.
-    pub shutdown: CancellationToken,
+    /// `--max-connections`, `--max-connections-per-ip`, and what is open now.
+    pub limits: Arc<Limits>,
+    /// Set on SIGINT/SIGTERM: `/readyz` says 503 while open sessions drain.
+    pub draining: AtomicBool,
+    /// Cancelled when the drain ends: open sessions send close 1001.
+    pub close_sessions: CancellationToken,
     /// Cancelled by the first WebSocket session under `--run-once`.
     pub stop_accepting: CancellationToken,
 }
 
 impl Shared {
     /// Builds everything `config` asks for; errors name the option to fix.
-    pub fn new(config: Config, shutdown: CancellationToken) -> anyhow::Result<Shared> {
+    pub fn new(config: Config) -> anyhow::Result<Shared> {
         let tls = TlsServer::new(&config.tls).context("TLS settings")?;
         if tls.cert_present()
             && let Err(err) = tls.check()
@@ -63,6 +72,7 @@ impl Shared {
                 "ClientCertCNAuth needs --verify-client: without it no client presents a certificate and every connection is refused"
             );
         }
+        warn_about_footguns(&config, &auth);
         let tokens = config
             .token
             .as_ref()
@@ -70,6 +80,7 @@ impl Shared {
             .transpose()?;
         let recorder = config.record.as_deref().map(Recorder::new).transpose()?;
         Ok(Shared {
+            limits: Limits::new(config.max_connections, config.max_connections_per_ip),
             config,
             tls,
             web,
@@ -77,8 +88,31 @@ impl Shared {
             tokens,
             recorder,
             target_tls,
-            shutdown,
+            draining: AtomicBool::new(false),
+            close_sessions: CancellationToken::new(),
             stop_accepting: CancellationToken::new(),
         })
+    }
+}
+
+/// Start-up warnings for settings that work but quietly do less than they seem to.
+fn warn_about_footguns(config: &Config, auth: &Auth) {
+    if config.tls.verify_client && !config.tls.ssl_only {
+        tracing::warn!(
+            "--verify-client without --ssl-only: plain ws:// and http:// clients are served without any certificate; add --ssl-only to require one"
+        );
+    }
+    let basic = auth.plugin_name() == Some("BasicHTTPAuth");
+    if (basic || config.web_auth) && config.auth.allowed_origins.is_empty() {
+        tracing::warn!(
+            "{} without --allowed-origin: a page on any other site can open WebSockets here with the browser's cached credentials (cross-site WebSocket hijacking); list your pages' origins with --allowed-origin",
+            if basic { "BasicHTTPAuth" } else { "--web-auth" }
+        );
+    }
+}
+
+impl Readiness for Shared {
+    fn ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed) && !self.limits.full()
     }
 }

@@ -39,8 +39,15 @@ impl ClientStream {
     /// byte, or `None` at EOF.
     pub async fn peek_first(&self) -> io::Result<Option<u8>> {
         let mut first = [0u8; 1];
-        let n = match self {
-            ClientStream::Tcp(tcp) => tcp.peek(&mut first).await?,
+        let n = self.peek(&mut first).await?;
+        Ok((n > 0).then_some(first[0]))
+    }
+
+    /// Waits until data can be read and copies what is there into `buf` without consuming
+    /// it; 0 at EOF (and always for TLS, which is never peeked).
+    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Tcp(tcp) => tcp.peek(buf).await,
             ClientStream::Unix(unix) => loop {
                 unix.readable().await?;
                 let peeked = unix.try_io(tokio::io::Interest::READABLE, || {
@@ -48,20 +55,19 @@ impl ClientStream {
                     use std::os::fd::AsRawFd as _;
                     recv(
                         unix.as_raw_fd(),
-                        &mut first,
+                        buf,
                         MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
                     )
                     .map_err(io::Error::from)
                 });
                 match peeked {
-                    Ok(n) => break n,
+                    Ok(n) => break Ok(n),
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(err) => return Err(err),
                 }
             },
-            ClientStream::Tls(_) => return Ok(None),
-        };
-        Ok((n > 0).then_some(first[0]))
+            ClientStream::Tls(_) => Ok(0),
+        }
     }
 }
 

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::config::Target;
+use crate::proxy_header;
 use crate::stream::TargetStream;
 
 /// Why the target could not be reached; logged, and the client gets close 1011.
@@ -27,27 +28,46 @@ pub enum ConnectError {
     Tls { host: String, source: io::Error },
     #[error("{0}")]
     ServerName(String),
+    #[error("cannot send the PROXY header: {0}")]
+    ProxyHeader(io::Error),
 }
 
-/// Connects to `target`; with `tls`, runs a TLS client handshake over TCP (SNI = host).
+/// `--target-proxy-protocol`: the header version and the real client's address (`None` when
+/// it has none), written first on the target connection (before TLS with `--ssl-target`).
+pub type ProxyHeader = Option<(proxy_header::Version, Option<SocketAddr>)>;
+
+/// Connects to `target`; writes the PROXY header if asked; with `tls`, runs a TLS client
+/// handshake over TCP (SNI = host).
 pub async fn connect(
     target: &Target,
     tls: Option<&TlsConnector>,
+    proxy: ProxyHeader,
     deadline: Duration,
 ) -> Result<TargetStream, ConnectError> {
     let until = Instant::now() + deadline;
     let attempt = async {
         match target {
-            Target::Unix(path) => UnixStream::connect(path)
-                .await
-                .map(TargetStream::Unix)
-                .map_err(|source| ConnectError::Connect {
-                    addr: path.display().to_string(),
-                    source,
-                }),
-            Target::Loopback { port } => connect_loopback(*port).await.map(TargetStream::Tcp),
+            Target::Unix(path) => {
+                let mut unix =
+                    UnixStream::connect(path)
+                        .await
+                        .map_err(|source| ConnectError::Connect {
+                            addr: path.display().to_string(),
+                            source,
+                        })?;
+                send_proxy_header(&mut unix, proxy, None).await?;
+                Ok(TargetStream::Unix(unix))
+            }
+            Target::Loopback { port } => {
+                let mut tcp = connect_loopback(*port).await?;
+                let destination = tcp.peer_addr().ok();
+                send_proxy_header(&mut tcp, proxy, destination).await?;
+                Ok(TargetStream::Tcp(tcp))
+            }
             Target::Tcp { host, port } => {
-                let tcp = connect_tcp(host, *port, until).await?;
+                let mut tcp = connect_tcp(host, *port, until).await?;
+                let destination = tcp.peer_addr().ok();
+                send_proxy_header(&mut tcp, proxy, destination).await?;
                 match tls {
                     None => Ok(TargetStream::Tcp(tcp)),
                     Some(connector) => {
@@ -68,6 +88,29 @@ pub async fn connect(
     tokio::time::timeout_at(until, attempt)
         .await
         .map_err(|_| ConnectError::Timeout(deadline))?
+}
+
+/// Writes the PROXY header (if any) naming the client and `destination` (the target's side).
+async fn send_proxy_header<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    proxy: ProxyHeader,
+    destination: Option<SocketAddr>,
+) -> Result<(), ConnectError> {
+    let Some((version, client)) = proxy else {
+        return Ok(());
+    };
+    let addresses = client.map(|client| {
+        // A unix target has no address: say "any" in the client's family.
+        let unspecified = if client.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+        };
+        (client, destination.unwrap_or(unspecified))
+    });
+    proxy_header::send(stream, version, addresses)
+        .await
+        .map_err(ConnectError::ProxyHeader)
 }
 
 /// Connects to a wrapped program's port on 127.0.0.1 or ::1, retrying while nothing listens

@@ -240,6 +240,7 @@ impl Wrapper {
         // Reaping is ours (waitpid on every SIGCHLD), not std's: dropping `child` does not wait.
         drop(child);
         tracing::info!(pid = pid.as_raw(), "Starting '{}'", self.command.join(" "));
+        crate::metrics::METRICS.program_started();
         self.child = Some(pid);
         self.starts.push_back(Instant::now());
         while self.starts.len() > RESPAWN_BURST {
@@ -256,6 +257,8 @@ impl Wrapper {
         self.spawn()?;
         let mut listen_deadline = Some(Instant::now() + LISTEN_DEADLINE);
         let mut check = tokio::time::interval(Duration::from_millis(50));
+        // A slow scan (a big /proc/net/tcp) must not make ticks pile up.
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(WrapEnd::Shutdown),
@@ -279,7 +282,7 @@ impl Wrapper {
                 }
             }
             if let Some(deadline) = listen_deadline {
-                if self.tree_listens() {
+                if self.tree_listens().await {
                     tracing::info!(
                         port = self.loopback_port,
                         "wrapped program listens on loopback port {}",
@@ -329,6 +332,7 @@ impl Wrapper {
                 Ok(status) => {
                     if status.pid().is_some() && status.pid() == self.child {
                         self.child = None;
+                        crate::metrics::METRICS.program_exited();
                         main_exit = Some(status);
                     } else if let Some(pid) = status.pid() {
                         tracing::debug!(
@@ -342,15 +346,20 @@ impl Wrapper {
         main_exit
     }
 
-    /// True when a process in our tree listens on the loopback port.
-    fn tree_listens(&self) -> bool {
-        let inodes = listening_inodes(self.loopback_port);
-        if inodes.is_empty() {
-            return false;
-        }
-        descendants(std::process::id() as i32)
-            .into_iter()
-            .any(|pid| process_has_socket(pid, &inodes))
+    /// True when a process in our tree listens on the loopback port. The /proc scan runs on
+    /// a blocking thread: with thousands of sockets it takes milliseconds, and this task shares
+    /// its thread with the accept loop.
+    async fn tree_listens(&self) -> bool {
+        let port = self.loopback_port;
+        tokio::task::spawn_blocking(move || {
+            let inodes = listening_inodes(port);
+            !inodes.is_empty()
+                && descendants(std::process::id() as i32)
+                    .into_iter()
+                    .any(|pid| process_has_socket(pid, &inodes))
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Stops the program and everything it started: SIGTERM to its process group and to

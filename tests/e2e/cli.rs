@@ -337,7 +337,8 @@ fn log_lines_are_plain_text_when_stderr_is_not_a_terminal() {
 #[tokio::test]
 async fn sigterm_sends_1001_and_exits_0_once_the_client_closes() {
     let echo = echo_server().await;
-    let (child, addr) = start(&["127.0.0.1:0", &echo.to_string()]);
+    // No drain: open sessions are closed (1001) as soon as the listener closes.
+    let (child, addr) = start(&["--drain-timeout", "0", "127.0.0.1:0", &echo.to_string()]);
     let (mut stream, head) = raw_upgrade(addr, "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_raw_echoes(&mut stream, b"session open").await;

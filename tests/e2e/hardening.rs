@@ -122,7 +122,14 @@ async fn stderr_nobody_reads_never_stops_upgrades_or_sigterm() {
 async fn traffic_on_a_stdout_nobody_reads_never_stalls_sessions() {
     const FRAMES: usize = 200_000;
     let echo = echo_server().await;
-    let mut command = websockify(&["--traffic", "127.0.0.1:0", &echo.to_string()]);
+    // --drain-timeout 0: the open sessions are closed (1001) as soon as the listener closes.
+    let mut command = websockify(&[
+        "--traffic",
+        "--drain-timeout",
+        "0",
+        "127.0.0.1:0",
+        &echo.to_string(),
+    ]);
     let mut spawned = command.stdout(Stdio::piped()).spawn().expect("spawn");
     // Kept open and not read until the sessions are done.
     let stdout = spawned.stdout.take().expect("stdout");

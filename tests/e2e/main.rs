@@ -1,6 +1,7 @@
 //! End-to-end tests: real sockets on loopback, the server in-process or as a child process.
 //! One test binary (ripgrep's layout); every test is bounded in time.
 
+mod balancer;
 mod cli;
 mod hardening;
 mod ops;

@@ -542,7 +542,9 @@ async fn heartbeat_pings_and_drops_silent_clients() {
 
 #[tokio::test]
 async fn shutdown_sends_1001_to_open_sessions() {
-    let server = TestServer::start(config_to(echo_server().await)).await;
+    let mut config = config_to(echo_server().await);
+    config.drain_timeout = Duration::ZERO;
+    let server = TestServer::start(config).await;
     let (mut client, _) = raw_upgrade(server.addr, "").await;
     client
         .write_all(&client_frame(0x82, b"x"))

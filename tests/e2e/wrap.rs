@@ -941,9 +941,10 @@ async fn respawn_mode_throttles_a_failing_program_to_three_starts_per_ten_second
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_does_not_wait_for_a_session_still_waiting_for_the_program() {
     // `sleep` never listens; ignore mode keeps websockify up (the listen deadline is 30 s).
+    // No drain: the waiting session is closed (1001) as soon as the listener closes.
     let mut server = Wrapped::start(
         |p| format!("127.0.0.1:{p}"),
-        &["--wrap-mode=ignore"],
+        &["--wrap-mode=ignore", "--drain-timeout", "0"],
         |_| vec!["sleep".into(), "60".into()],
     );
     server.started_pid();

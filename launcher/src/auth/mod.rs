@@ -81,6 +81,14 @@ impl AuthReject {
     }
 }
 
+impl AuthReject {
+    /// Whether the browser origin was refused (`--allowed-origin`, `ExpectOrigin`), as opposed
+    /// to the credentials or certificate: for the metrics' `origin` reason.
+    pub fn about_origin(&self) -> bool {
+        matches!(self.reason, "Origin not allowed" | "Invalid Origin")
+    }
+}
+
 impl fmt::Display for AuthReject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}: {}", self.status.as_u16(), self.reason, self.log)

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use tracing::Subscriber;
-use tracing_subscriber::fmt::format::{DefaultFields, Writer};
+use tracing_subscriber::fmt::format::{DefaultFields, JsonFields, Writer};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::fmt::{FormatFields, MakeWriter};
 use tracing_subscriber::layer::{Layered, SubscriberExt as _};
@@ -170,14 +170,18 @@ fn build(
 ) -> anyhow::Result<Logger<impl Subscriber + Send + Sync + 'static>> {
     let mut layers: Vec<BoxedLayer> = Vec::new();
     if let Some((writer, ansi)) = stderr {
-        layers.push(line_layer(writer, settings.format, ansi));
+        layers.push(line_layer::<_, STDERR>(writer, settings.format, ansi));
     }
     let log_file = match &settings.log_file {
         Some(path) => Some(LogFile::open(path)?),
         None => None,
     };
     if let Some(log_file) = &log_file {
-        layers.push(line_layer(log_file.sink.clone(), settings.format, false));
+        layers.push(line_layer::<_, FILE>(
+            log_file.sink.clone(),
+            settings.format,
+            false,
+        ));
     }
     if let Some(spec) = &settings.syslog {
         let header = Header::new(settings.daemon, settings.legacy_syslog);
@@ -187,7 +191,7 @@ fn build(
             .with_target(false);
         layers.push(
             tracing_subscriber::fmt::layer()
-                .fmt_fields(PlainFields::default())
+                .fmt_fields(Fields::<DefaultFields, SYSLOG>::default())
                 .event_format(format)
                 .with_writer(Syslog::connect(spec, header)?)
                 .with_ansi(false)
@@ -201,7 +205,8 @@ fn build(
 }
 
 /// The layer writing whole lines (stderr, `--log-file`) in `format`; `ansi` colours text.
-fn line_layer<W>(writer: W, format: LogFormat, ansi: bool) -> BoxedLayer
+/// `SINK` tells the layers' span-field caches apart (see [`Fields`]).
+fn line_layer<W, const SINK: u8>(writer: W, format: LogFormat, ansi: bool) -> BoxedLayer
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
@@ -212,27 +217,49 @@ where
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(true)
+            .fmt_fields(Fields::<JsonFields, SINK>::default())
             .with_ansi(false)
             .with_writer(writer)
             .boxed(),
-        LogFormat::Text if ansi => layer.with_ansi(true).with_writer(writer).boxed(),
         LogFormat::Text => layer
-            .fmt_fields(PlainFields::default())
-            .with_ansi(false)
+            .fmt_fields(Fields::<DefaultFields, SINK>::default())
+            .with_ansi(ansi)
             .with_writer(writer)
             .boxed(),
     }
 }
 
-/// The default field format under its own type. Each fmt layer caches a span's formatted
-/// fields keyed by the formatter's type, so sharing `DefaultFields` with the coloured stderr
-/// layer would copy its ANSI codes into the file and syslog lines.
-#[derive(Default)]
-struct PlainFields(DefaultFields);
+/// Tags of the sinks, for [`Fields`].
+const STDERR: u8 = 0;
+const FILE: u8 = 1;
+const SYSLOG: u8 = 2;
 
-impl<'w> FormatFields<'w> for PlainFields {
+/// A field formatter under a type of its own per sink. Each fmt layer caches a span's
+/// formatted fields in the span, keyed by the formatter's type: two layers with the same type
+/// would both append to one cache (a field recorded later, such as the client address, then
+/// shows twice), and the coloured stderr layer's ANSI codes would reach the file and syslog.
+#[derive(Default)]
+struct Fields<F, const SINK: u8>(F);
+
+impl<'w, F, const SINK: u8> FormatFields<'w> for Fields<F, SINK>
+where
+    F: for<'a> FormatFields<'a>,
+{
     fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> std::fmt::Result {
         self.0.format_fields(writer, fields)
+    }
+
+    fn add_fields(
+        &self,
+        current: &'w mut tracing_subscriber::fmt::FormattedFields<Self>,
+        fields: &tracing::span::Record<'_>,
+    ) -> std::fmt::Result {
+        // Delegates with the inner formatter's own separator rules (JSON merges objects).
+        let mut inner =
+            tracing_subscriber::fmt::FormattedFields::<F>::new(std::mem::take(&mut current.fields));
+        let result = <F as FormatFields<'_>>::add_fields(&self.0, &mut inner, fields);
+        current.fields = inner.fields;
+        result
     }
 }
 
