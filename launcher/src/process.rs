@@ -7,6 +7,7 @@
 //! supervision of the program. SIGINT/SIGTERM drain the sessions; a second one exits at once.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::Notify;
@@ -27,8 +28,15 @@ pub fn run(settings: Settings, daemon: &mut Option<Daemon>) -> anyhow::Result<i3
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(settings, daemon))
+    let result = runtime.block_on(serve(settings, daemon));
+    // Tasks still running (a stuck lookup, a blocking read) must not keep the process alive
+    // once the server has drained.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    result
 }
+
+/// How long exiting waits for leftover runtime tasks and blocking threads.
+const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// Binds, serves, and in wrap mode supervises the program; returns the exit status.
 async fn serve(settings: Settings, daemon: &mut Option<Daemon>) -> anyhow::Result<i32> {
@@ -180,44 +188,50 @@ fn raise_fd_limit() {
 /// What each signal means. SIGINT/SIGTERM: the first cancels `shutdown` (the server drains),
 /// the second exits at once. SIGHUP (a closed terminal, logrotate): reload what can be
 /// reloaded. SIGUSR1/SIGUSR2: ignored (their default would end the process with no cleanup).
+///
+/// The signals are taken on a thread of their own, not on the async runtime: a second signal
+/// must end the process even when every runtime thread is stuck.
 fn spawn_signal_handler(shutdown: CancellationToken, reload: Arc<Notify>) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
-    let mut user1 = signal(SignalKind::user_defined1())?;
-    let mut user2 = signal(SignalKind::user_defined2())?;
-    tokio::spawn(async move {
-        let mut stops = 0;
-        loop {
-            let name = tokio::select! {
-                _ = interrupt.recv() => "SIGINT",
-                _ = terminate.recv() => "SIGTERM",
-                _ = hangup.recv() => {
-                    reload.notify_one();
-                    continue;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR1, SIGUSR2])
+            .context("cannot install the signal handlers")?;
+    std::thread::Builder::new()
+        .name("websockify-signals".into())
+        .spawn(move || {
+            let mut stops = 0;
+            for signal in signals.forever() {
+                let name = match signal {
+                    SIGINT => "SIGINT",
+                    SIGTERM => "SIGTERM",
+                    SIGHUP => {
+                        reload.notify_one();
+                        continue;
+                    }
+                    SIGUSR1 | SIGUSR2 => {
+                        let name = if signal == SIGUSR1 {
+                            "SIGUSR1"
+                        } else {
+                            "SIGUSR2"
+                        };
+                        tracing::info!("{name} received: ignored");
+                        continue;
+                    }
+                    _ => continue,
+                };
+                stops += 1;
+                if stops == 1 {
+                    tracing::info!("{name} received: draining; send it again to exit at once");
+                    shutdown.cancel();
+                } else {
+                    tracing::warn!("{name} received again: exiting now");
+                    // A wrapped program runs in its own process group: take it down with us.
+                    wrap::kill_descendants();
+                    crate::logging::sink::flush_all(Duration::from_millis(200));
+                    std::process::exit(1);
                 }
-                _ = user1.recv() => {
-                    tracing::info!("SIGUSR1 received: ignored");
-                    continue;
-                }
-                _ = user2.recv() => {
-                    tracing::info!("SIGUSR2 received: ignored");
-                    continue;
-                }
-            };
-            stops += 1;
-            if stops == 1 {
-                tracing::info!("{name} received: draining; send it again to exit at once");
-                shutdown.cancel();
-            } else {
-                tracing::warn!("{name} received again: exiting now");
-                // A wrapped program runs in its own process group: take it down with us.
-                wrap::kill_descendants();
-                crate::logging::sink::flush_all(std::time::Duration::from_millis(200));
-                std::process::exit(1);
             }
-        }
-    });
+        })
+        .context("cannot start the signal thread")?;
     Ok(())
 }
