@@ -447,21 +447,3 @@ async fn sighup_reopens_the_log_file_and_sigusr1_is_ignored() {
 fn block<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
-
-/// The path of `name` on PATH (or in /usr/sbin, /usr/bin), if installed.
-fn find_program(name: &str) -> Option<String> {
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/usr/bin"])
-        .map(|dir| format!("{dir}/{name}"))
-        .find(|path| std::path::Path::new(path).exists())
-}
-
-/// A missing dependency: fails under WEBSOCKIFY_REQUIRE_ALL=1 (CI), else says it skipped.
-fn skip_or_fail(why: &str) {
-    if std::env::var("WEBSOCKIFY_REQUIRE_ALL").is_ok_and(|v| v == "1") {
-        panic!("cannot run: {why} (WEBSOCKIFY_REQUIRE_ALL=1)");
-    }
-    eprintln!("skipped: {why}");
-}

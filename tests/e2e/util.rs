@@ -338,3 +338,21 @@ pub fn listening_addr(line: &str) -> SocketAddr {
     addr.parse()
         .unwrap_or_else(|_| panic!("bad address in {line:?}"))
 }
+
+/// The path of `name` on PATH (or in /usr/sbin, /usr/bin), if installed.
+pub fn find_program(name: &str) -> Option<String> {
+    std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/bin"])
+        .map(|dir| format!("{dir}/{name}"))
+        .find(|path| std::path::Path::new(path).exists())
+}
+
+/// A missing dependency: fails under WEBSOCKIFY_REQUIRE_ALL=1 (CI), else says it skipped.
+pub fn skip_or_fail(why: &str) {
+    if std::env::var("WEBSOCKIFY_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+        panic!("cannot run: {why} (WEBSOCKIFY_REQUIRE_ALL=1)");
+    }
+    eprintln!("skipped: {why}");
+}
