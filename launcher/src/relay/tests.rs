@@ -856,3 +856,72 @@ async fn answered_pings_keep_the_session_open() {
         CloseReason::ClientClosed { .. }
     ));
 }
+
+/// A target whose reads fail (a reset connection) and whose writes are swallowed.
+struct FailingTarget;
+
+impl tokio::io::AsyncRead for FailingTarget {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()))
+    }
+}
+
+impl tokio::io::AsyncWrite for FailingTarget {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_error_sends_1011_and_the_linger_ends_a_silent_client() {
+    let (mut client, mut client_relay) = duplex(64);
+    let options = RelayOptions {
+        heartbeat: None,
+        linger: LINGER,
+        shutdown: CancellationToken::new(),
+        traffic: false,
+    };
+    let relay = tokio::spawn(async move {
+        let mut target = FailingTarget;
+        run(
+            &mut client_relay,
+            &mut target,
+            Mode::Binary,
+            Bytes::new(),
+            None,
+            &options,
+        )
+        .await
+    });
+    let close = within("the close", read_frame(&mut client)).await;
+    assert_eq!(close.close_code(), Some(1011));
+    // The client never answers: the session is released after the linger, not held open.
+    let sent = Instant::now();
+    let outcome = outcome(relay).await;
+    assert_about(sent.elapsed(), LINGER);
+    assert!(
+        matches!(outcome.reason, CloseReason::TargetError(_)),
+        "{:?}",
+        outcome.reason
+    );
+}
