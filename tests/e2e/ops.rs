@@ -227,12 +227,6 @@ fn line_containing(lines: &mpsc::Receiver<String>, needle: &str) -> String {
     panic!("no line containing {needle:?}; saw:\n{}", seen.join("\n"));
 }
 
-/// A port nobody listens on right now (bound on 127.0.0.1, then closed).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
 /// Fields of /proc/PID/stat after the command name: `[0]` state, `[1]` ppid, `[2]` pgrp,
 /// `[3]` session, `[4]` tty_nr, `[19]` start time. `None` when the process is gone.
 fn proc_stat(pid: i32) -> Option<Vec<String>> {
@@ -564,20 +558,20 @@ async fn run_blocking(args: Vec<String>) -> (Option<i32>, String, String) {
     }
 }
 
-/// Starts `websockify -D --pid-file F <options> 127.0.0.1:PORT <echo>`, expects the command
+/// Starts `websockify -D --pid-file F <options> 127.0.0.1:0 <echo>`, expects the command
 /// to exit 0 promptly with nothing on stderr, and checks through /proc that the daemon really
-/// detached. Returns its pid (killed on drop), the pid file and the address it listens on.
-async fn start_daemon(dir: &Path, options: &[&str]) -> (KillOnDrop, PathBuf, SocketAddr) {
+/// detached. Returns its pid (killed on drop) and the pid file; the address it listens on is
+/// in its log (`--log-file` or `--syslog` among `options`).
+async fn start_daemon(dir: &Path, options: &[&str]) -> (KillOnDrop, PathBuf) {
     let echo = echo_server().await;
     let pid_file = dir.join("ws.pid");
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let mut args: Vec<String> = vec![
         "-D".into(),
         "--pid-file".into(),
         pid_file.display().to_string(),
     ];
     args.extend(options.iter().map(|o| (*o).to_owned()));
-    args.push(addr.to_string());
+    args.push("127.0.0.1:0".to_owned());
     args.push(echo.to_string());
     let launched = Instant::now();
     let (code, stdout, stderr) = run_blocking(args).await;
@@ -612,7 +606,7 @@ async fn start_daemon(dir: &Path, options: &[&str]) -> (KillOnDrop, PathBuf, Soc
         let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("daemon fd");
         assert_eq!(target, Path::new("/dev/null"), "fd {fd} of the daemon");
     }
-    (guard, pid_file, addr)
+    (guard, pid_file)
 }
 
 /// SIGTERM via the pid file; waits (bounded) for the daemon to exit and its pid file to go.
@@ -635,16 +629,17 @@ async fn stop_daemon(pid_file: &Path) {
 async fn daemon_detaches_keeps_its_log_file_serves_and_stops_via_the_pid_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("ws.log");
-    let (_guard, pid_file, addr) =
+    let (_guard, pid_file) =
         start_daemon(dir.path(), &["--log-file", log.to_str().expect("utf-8")]).await;
 
     // The command exits after the daemon reports ready, which is after the banner.
     let text = std::fs::read_to_string(&log).expect("log file");
     assert!(text.contains("WebSocket server settings"), "log:\n{text}");
-    assert!(
-        text.contains(&format!("listening on {addr}")),
-        "log:\n{text}"
-    );
+    let banner = text
+        .lines()
+        .find(|line| line.contains("listening on"))
+        .unwrap_or_else(|| panic!("no `listening on` line in the log:\n{text}"));
+    let addr = listening_addr(banner);
 
     let mut client = session(addr).await;
     echo_on(&mut client, b"through the daemon").await;
@@ -685,10 +680,11 @@ async fn daemon_keeps_sending_to_a_udp_syslog_server_with_the_daemon_facility() 
     let dir = tempfile::tempdir().expect("tempdir");
     let receiver = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
     let server = receiver.local_addr().expect("udp addr").to_string();
-    let (guard, pid_file, addr) = start_daemon(dir.path(), &["--syslog", &server]).await;
+    let (guard, pid_file) = start_daemon(dir.path(), &["--syslog", &server]).await;
     let header_end = format!(" websockify {} - - ", guard.pid);
 
     let mut all = udp_until(&receiver, "listening on").await;
+    let addr = listening_addr(all.last().expect("the banner datagram"));
     let mut client = session(addr).await;
     echo_on(&mut client, b"logged after detaching").await;
     all.extend(udp_until(&receiver, "WebSocket connection").await);
@@ -1290,10 +1286,10 @@ async fn the_real_novnc_proxy_script_runs_our_binary() {
     )))
     .expect("PATH");
     let echo = echo_server().await;
-    let port = free_port();
 
+    // Port 0: the script passes it on, and websockify reports the port it bound.
     let mut spawned = Command::new(script)
-        .args(["--listen", &port.to_string()])
+        .args(["--listen", "0"])
         .args(["--vnc", &echo.to_string()])
         .arg("--web")
         .arg(web)
@@ -1317,8 +1313,8 @@ async fn the_real_novnc_proxy_script_runs_our_binary() {
         "the script did not pick our binary: {using}"
     );
     block(|| line_containing(&stdout, "Navigate to this URL"));
-    block(|| child.wait_for_line("listening on"));
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let banner = block(|| child.wait_for_line("listening on"));
+    let addr = SocketAddr::from(([127, 0, 0, 1], listening_addr(&banner).port()));
     let (status, head, _body) = http_get(addr, "/vnc.html").await;
     assert_eq!(status, "HTTP/1.1 200 OK", "{head}");
     let mut client = session(addr).await;

@@ -267,7 +267,8 @@ async fn delivers_everything_then_closes_1000_when_the_target_closes() {
 
 #[tokio::test]
 async fn closes_1011_when_the_target_is_unreachable() {
-    let server = TestServer::start(config_to(closed_port().await)).await;
+    let closed = closed_port();
+    let server = TestServer::start(config_to(closed.addr)).await;
     let (mut client, head) = raw_upgrade(server.addr, "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_eq!(

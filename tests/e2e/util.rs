@@ -106,10 +106,70 @@ pub async fn scripted_target() -> (SocketAddr, tokio::sync::mpsc::Receiver<TcpSt
     (addr, rx)
 }
 
-/// An address nobody listens on (bound, then closed).
-pub async fn closed_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("addr")
+/// A loopback address where connecting is refused: a socket bound to it that never listens.
+/// The port stays taken while the value lives, so no other test can start listening on it.
+pub struct ClosedPort {
+    pub addr: SocketAddr,
+    _socket: socket2::Socket,
+}
+
+/// An address nobody listens on, held (bound, not listening) until the value is dropped.
+pub fn closed_port() -> ClosedPort {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("bind");
+    let addr = socket
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("an IPv4 address");
+    ClosedPort {
+        addr,
+        _socket: socket,
+    }
+}
+
+/// How many ports [`on_free_port`] tries.
+pub const PORT_ATTEMPTS: usize = 5;
+
+/// Starts something that must be told its TCP port before it starts and cannot be handed a
+/// listening socket (websockify in wrap mode: the wrapped program binds the port itself, so
+/// port 0 is refused). `start` gets a port that no socket holds right now and returns `Err`
+/// with what it saw when another process took the port in between; the whole start then runs
+/// again on another port, at most [`PORT_ATTEMPTS`] times. Everything else uses port 0 or a
+/// listener handed to the server.
+pub fn on_free_port<T>(mut start: impl FnMut(u16) -> Result<T, String>) -> T {
+    let mut taken = Vec::new();
+    for _ in 0..PORT_ATTEMPTS {
+        let port = unheld_port();
+        match start(port) {
+            Ok(started) => return started,
+            Err(why) => {
+                eprintln!("port {port} was taken meanwhile, trying another: {why}");
+                taken.push(format!("port {port}: {why}"));
+            }
+        }
+    }
+    panic!(
+        "the start failed on {PORT_ATTEMPTS} ports in a row:\n{}",
+        taken.join("\n")
+    );
+}
+
+/// Whether `stderr` of websockify says that its listen port was taken.
+pub fn port_was_taken(stderr: &str) -> bool {
+    stderr.contains("cannot listen") && stderr.contains("in use")
+}
+
+/// A port that no socket holds on any address (IPv6 and IPv4) right now: bound, then closed.
+/// Only [`on_free_port`] may use it, as it retries when the port is taken meanwhile.
+fn unheld_port() -> u16 {
+    let listener = std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, 0))
+        .or_else(|_| std::net::TcpListener::bind("0.0.0.0:0"))
+        .expect("bind a port to learn a free one");
+    listener.local_addr().expect("local addr").port()
 }
 
 /// Sends a raw upgrade request; returns the stream and the response head.

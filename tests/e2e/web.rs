@@ -1301,7 +1301,8 @@ async fn base_token_api_asks_a_real_http_service() {
     drop(server);
 
     // The service is down.
-    let down = format!("http://{}/lookup/%s", closed_port().await);
+    let closed = closed_port();
+    let down = format!("http://{}/lookup/%s", closed.addr);
     let server = TestServer::start(token_config("BaseTokenAPI", &down)).await;
     let (_conn, reply) = upgrade(server.addr, &query("api0"), "").await;
     assert_refused(&reply, 503, "Token lookup failed", "token service down");
@@ -1347,7 +1348,8 @@ async fn json_token_api_asks_a_real_http_service() {
     );
     drop(server);
 
-    let down = format!("http://{}/lookup/%s", closed_port().await);
+    let closed = closed_port();
+    let down = format!("http://{}/lookup/%s", closed.addr);
     let server = TestServer::start(token_config("JSONTokenApi", &down)).await;
     let (_conn, reply) = upgrade(server.addr, &query("json0"), "").await;
     assert_refused(&reply, 503, "Token lookup failed", "token service down");
@@ -1942,7 +1944,8 @@ async fn api_and_jwt_backends_do_not_log_tokens_either() {
     const TOKEN: &str = "aPiToKeN-5e7b10";
     let tmp = tempfile::tempdir().expect("tempdir");
     // BaseTokenAPI: a service that is down, then one that answers garbage.
-    let down = format!("http://{}/lookup/%s", closed_port().await);
+    let closed = closed_port();
+    let down = format!("http://{}/lookup/%s", closed.addr);
     let (child, addr) = start_logged(&[
         "-v",
         "--token-plugin",
@@ -1995,7 +1998,8 @@ async fn api_and_jwt_backends_do_not_log_tokens_either() {
         path_str(&secret_file),
         "127.0.0.1:0",
     ]);
-    let target = closed_port().await;
+    let closed = closed_port();
+    let target = closed.addr;
     let wrong = jwt(
         Algorithm::HS256,
         &EncodingKey::from_secret(b"not-the-secret"),
@@ -2381,7 +2385,8 @@ async fn web_auth_protects_files_too() {
 async fn auth_runs_before_the_token_lookup() {
     let good = basic("alice:secret");
     // A backend that would fail: 401 wins over 503.
-    let down = format!("http://{}/lookup/%s", closed_port().await);
+    let closed = closed_port();
+    let down = format!("http://{}/lookup/%s", closed.addr);
     let mut config = token_config("BaseTokenAPI", &down);
     config.auth.plugin = Some("BasicHTTPAuth".into());
     config.auth.source = Some("alice:secret".into());

@@ -129,14 +129,6 @@ fn ipv6_available() -> bool {
 // ---------------------------------------------------------------------------------------------
 // Starting websockify in wrap mode
 
-/// A port free on every address (IPv6 and IPv4) right now; the caller binds it soon after.
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind((Ipv6Addr::UNSPECIFIED, 0))
-        .or_else(|_| std::net::TcpListener::bind("0.0.0.0:0"))
-        .expect("bind a port to learn a free one");
-    listener.local_addr().expect("local addr").port()
-}
-
 /// websockify in wrap mode; on drop, whatever is left of the wrapped program's tree is killed
 /// before websockify itself (so a failing test leaves no program behind).
 struct Wrapped {
@@ -158,14 +150,14 @@ impl Drop for Wrapped {
 
 impl Wrapped {
     /// Starts `websockify <listen(port)> <options> -- <program(port)>` on a free port and
-    /// waits for its banner; tries a second port if another process took the first meanwhile.
+    /// waits for its banner; starts again on another port if another process took the port
+    /// meanwhile (wrap mode cannot listen on port 0: the program must be told the port).
     fn start(
         listen: impl Fn(u16) -> String,
         options: &[&str],
         program: impl Fn(u16) -> Vec<String>,
     ) -> Wrapped {
-        for attempt in 0..2 {
-            let port = free_port();
+        on_free_port(|port| {
             let mut args = vec![listen(port)];
             args.extend(options.iter().map(|o| (*o).to_owned()));
             args.push("--".to_owned());
@@ -173,12 +165,11 @@ impl Wrapped {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let ws = spawn_websockify(&args);
             match next_line(&ws, &["  - listening on", "cannot listen"]) {
-                Some(line) if line.contains("listening on") => return Wrapped { ws, port },
-                Some(line) if attempt == 0 => eprintln!("port {port} was taken: {line}"),
+                Some(line) if line.contains("listening on") => Ok(Wrapped { ws, port }),
+                Some(line) if port_was_taken(&line) => Err(line),
                 other => panic!("websockify {args:?} did not start: {other:?}"),
             }
-        }
-        unreachable!()
+        })
     }
 
     /// Waits for a stderr line containing `needle` (bounded), without stalling the runtime.
@@ -237,20 +228,19 @@ fn number_after<T: std::str::FromStr>(line: &str, marker: &str) -> Option<T> {
     digits.parse().ok()
 }
 
-/// Runs `websockify 127.0.0.1:PORT -- program(PORT)` to completion (retrying once on a port
-/// taken meanwhile); returns its exit code and stderr.
+/// Runs `websockify 127.0.0.1:PORT -- program` to completion (again on another port if the
+/// port was taken meanwhile); returns its exit code and stderr.
 fn run_wrapped(program: &[&str]) -> (Option<i32>, String) {
-    for attempt in 0..2 {
-        let listen = format!("127.0.0.1:{}", free_port());
+    on_free_port(|port| {
+        let listen = format!("127.0.0.1:{port}");
         let mut args = vec![listen.as_str(), "--"];
         args.extend_from_slice(program);
         let (code, _stdout, stderr) = run_websockify(&args);
-        if attempt == 0 && stderr.contains("cannot listen") {
-            continue;
+        if port_was_taken(&stderr) {
+            return Err(stderr);
         }
-        return (code, stderr);
-    }
-    unreachable!()
+        Ok((code, stderr))
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1058,31 +1048,34 @@ fn the_program_gets_rebind_in_its_environment_from_a_private_directory() {
 fn an_existing_ld_preload_is_kept_after_rebind() {
     // Any library works; libc is always there (and is already loaded, so this is harmless).
     let existing = "libc.so.6";
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let child = std::process::Command::new(websockify_bin())
-        .args([
-            listen.as_str(),
-            "--",
-            "sh",
-            "-c",
-            "echo \"preload=$LD_PRELOAD\" >&2",
-        ])
-        .env("LD_PRELOAD", existing)
-        .env_remove("RUST_LOG")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn websockify");
-    let mut ws = ChildGuard::new(child);
-    // The program's own line, not the banner that quotes its command.
-    let line = loop {
-        let line = ws.wait_for_line("preload=");
-        if line.starts_with("preload=") {
-            break line;
+    let (mut ws, line) = on_free_port(|port| {
+        let listen = format!("127.0.0.1:{port}");
+        let child = std::process::Command::new(websockify_bin())
+            .args([
+                listen.as_str(),
+                "--",
+                "sh",
+                "-c",
+                "echo \"preload=$LD_PRELOAD\" >&2",
+            ])
+            .env("LD_PRELOAD", existing)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn websockify");
+        let ws = ChildGuard::new(child);
+        // The program's own line, not the banner that quotes its command.
+        loop {
+            match next_line(&ws, &["preload=", "cannot listen"]) {
+                Some(line) if line.starts_with("preload=") => return Ok((ws, line)),
+                Some(line) if port_was_taken(&line) => return Err(line),
+                Some(_) => {}
+                None => panic!("websockify did not start the program"),
+            }
         }
-    };
+    });
     assert!(line.ends_with(&format!("rebind.so:{existing}")), "{line}");
     assert_eq!(ws.wait_exit().code(), Some(0));
 }
