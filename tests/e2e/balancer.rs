@@ -13,8 +13,7 @@ use crate::util::*;
 /// Starts the binary; returns it, its public address and (with `--metrics-listen`) the
 /// metrics address, read from the start-up lines.
 fn start(args: &[&str]) -> (ChildGuard, SocketAddr, Option<SocketAddr>) {
-    let child = spawn_websockify(args);
-    let addr = listening_addr(&child.wait_for_line("listening on"));
+    let (child, addr) = start_websockify(args);
     let metrics = args
         .contains(&"--metrics-listen")
         .then(|| listening_addr(&child.wait_for_line("metrics listening on")));
@@ -45,71 +44,11 @@ fn proxy_v2(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
     header
 }
 
-/// Connects, sends `prefix` (a PROXY header, or nothing), then an upgrade with `extra`
-/// headers; returns the stream and the response head.
-async fn upgrade_with(addr: SocketAddr, prefix: &[u8], extra: &str) -> (TcpStream, String) {
-    let mut stream = within("connect", TcpStream::connect(addr))
-        .await
-        .expect("connect");
-    let mut request = prefix.to_vec();
-    request.extend_from_slice(
-        format!(
-            "GET /websockify HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-        )
-        .as_bytes(),
-    );
-    stream.write_all(&request).await.expect("send request");
-    let head = read_head(&mut stream).await;
-    (stream, head)
-}
-
-/// Sends one binary frame and expects it echoed.
-async fn echoes(stream: &mut TcpStream, payload: &[u8]) {
-    stream
-        .write_all(&client_frame(0x82, payload))
-        .await
-        .expect("send frame");
-    assert_eq!(read_frame(stream).await, (0x82, payload.to_vec()));
-}
-
-/// Closes a session from the client side and waits for the server's close.
-async fn close(stream: &mut TcpStream) {
-    stream
-        .write_all(&client_frame(0x88, &1000u16.to_be_bytes()))
-        .await
-        .expect("send close");
-    assert_eq!(read_close(stream).await.0, 1000);
-}
-
-/// `GET path` on a plain HTTP/1.1 port: (status, headers and body as text).
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    within("HTTP GET", async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await
-            .expect("send");
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await.expect("read");
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (status, text)
-    })
-    .await
-}
-
 /// Polls `path` until it answers `status` (bounded).
 async fn until_status(addr: SocketAddr, path: &str, status: u16) {
     let mut poll = tokio::time::interval(Duration::from_millis(20));
     within(&format!("{path} answers {status}"), async {
-        while http_get(addr, path).await.0 != status {
+        while http_get(addr, path).await.status != status {
             poll.tick().await;
         }
     })
@@ -138,7 +77,7 @@ async fn proxy_protocol_names_the_client_in_the_log_and_to_the_target() {
     ]);
     // v2 from the balancer, v1 to the target.
     let client: SocketAddr = "192.0.2.7:51234".parse().expect("addr");
-    let (mut stream, head) = upgrade_with(addr, &proxy_v2(client, addr), "").await;
+    let (mut stream, head) = raw_upgrade_after(addr, &proxy_v2(client, addr), "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let mut target_side = within("target accepts", accepted.recv())
         .await
@@ -159,7 +98,7 @@ async fn proxy_protocol_names_the_client_in_the_log_and_to_the_target() {
 
     // A v1 header works the same way.
     let (stream, head) =
-        upgrade_with(addr, proxy_v1("198.51.100.9:4000", addr).as_bytes(), "").await;
+        raw_upgrade_after(addr, proxy_v1("198.51.100.9:4000", addr).as_bytes(), "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let target_side = within("target accepts", accepted.recv())
         .await
@@ -193,7 +132,7 @@ async fn connections_without_a_proxy_header_are_closed_and_counted() {
     assert!(answer.is_empty(), "{:?}", String::from_utf8_lossy(&answer));
     let line = child.wait_for_line("connection refused");
     assert!(line.contains("not a PROXY protocol header"), "{line}");
-    let (_, scrape) = http_get(metrics, "/metrics").await;
+    let scrape = http_get(metrics, "/metrics").await.text();
     assert_eq!(
         sample(
             &scrape,
@@ -213,10 +152,10 @@ async fn forwarded_headers_name_the_client_only_from_trusted_proxies() {
     ] {
         let (child, addr, _) = start(&["--trusted-proxy", trusted, "127.0.0.1:0", &echo]);
         let (mut stream, head) =
-            upgrade_with(addr, b"", "X-Forwarded-For: 198.51.100.1, 203.0.113.9\r\n").await;
+            raw_upgrade_after(addr, b"", "X-Forwarded-For: 198.51.100.1, 203.0.113.9\r\n").await;
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-        echoes(&mut stream, b"forwarded").await;
-        close(&mut stream).await;
+        echo_on(&mut stream, b"forwarded").await;
+        assert_eq!(close_on(&mut stream).await, 1000);
         let line = child.wait_for_line("session closed");
         assert!(line.contains(expected), "--trusted-proxy {trusted}: {line}");
     }
@@ -234,27 +173,27 @@ async fn limits_answer_503_with_retry_after_and_readyz_follows() {
         &echo,
     ]);
     let metrics = metrics.expect("metrics address");
-    assert_eq!(http_get(metrics, "/readyz").await.0, 200);
-    let (mut first, head) = upgrade_with(addr, b"", "").await;
+    assert_eq!(http_get(metrics, "/readyz").await.status, 200);
+    let (mut first, head) = raw_upgrade_after(addr, b"", "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    echoes(&mut first, b"one").await;
-    assert_eq!(http_get(metrics, "/readyz").await.0, 503);
+    echo_on(&mut first, b"one").await;
+    assert_eq!(http_get(metrics, "/readyz").await.status, 503);
 
-    let (_second, head) = upgrade_with(addr, b"", "").await;
+    let (_second, head) = raw_upgrade_after(addr, b"", "").await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     assert!(
         head.to_ascii_lowercase().contains("retry-after: 1"),
         "{head}"
     );
-    echoes(&mut first, b"the open session is untouched").await;
+    echo_on(&mut first, b"the open session is untouched").await;
 
-    close(&mut first).await;
+    assert_eq!(close_on(&mut first).await, 1000);
     drop(first);
     until_status(metrics, "/readyz", 200).await;
-    let (mut third, head) = upgrade_with(addr, b"", "").await;
+    let (mut third, head) = raw_upgrade_after(addr, b"", "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    echoes(&mut third, b"three").await;
-    let (_, scrape) = http_get(metrics, "/metrics").await;
+    echo_on(&mut third, b"three").await;
+    let scrape = http_get(metrics, "/metrics").await.text();
     assert_eq!(
         sample(
             &scrape,
@@ -277,15 +216,15 @@ async fn the_per_ip_limit_counts_the_real_client() {
     let alice: SocketAddr = "192.0.2.10:1000".parse().expect("addr");
     let alice_again: SocketAddr = "192.0.2.10:1001".parse().expect("addr");
     let bob: SocketAddr = "192.0.2.11:1000".parse().expect("addr");
-    let (mut first, head) = upgrade_with(addr, &proxy_v2(alice, addr), "").await;
+    let (mut first, head) = raw_upgrade_after(addr, &proxy_v2(alice, addr), "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    let (_refused, head) = upgrade_with(addr, &proxy_v2(alice_again, addr), "").await;
+    let (_refused, head) = raw_upgrade_after(addr, &proxy_v2(alice_again, addr), "").await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     // All three come from 127.0.0.1; only the PROXY header's address counts.
-    let (mut other, head) = upgrade_with(addr, &proxy_v2(bob, addr), "").await;
+    let (mut other, head) = raw_upgrade_after(addr, &proxy_v2(bob, addr), "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    echoes(&mut first, b"alice").await;
-    echoes(&mut other, b"bob").await;
+    echo_on(&mut first, b"alice").await;
+    echo_on(&mut other, b"bob").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -299,35 +238,36 @@ async fn metrics_pass_promtool_and_the_counters_add_up() {
     let metrics = metrics.expect("metrics address");
     let mut sent = 0usize;
     for i in 0..5 {
-        let (mut stream, head) = upgrade_with(addr, b"", "").await;
+        let (mut stream, head) = raw_upgrade_after(addr, b"", "").await;
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         let payload = vec![b'x'; 100 * (i + 1)];
-        echoes(&mut stream, &payload).await;
+        echo_on(&mut stream, &payload).await;
         sent += payload.len();
-        close(&mut stream).await;
+        assert_eq!(close_on(&mut stream).await, 1000);
     }
-    let (mut open, _) = upgrade_with(addr, b"", "").await;
-    echoes(&mut open, b"still open").await;
+    let (mut open, _) = raw_upgrade_after(addr, b"", "").await;
+    echo_on(&mut open, b"still open").await;
     // The five closed sessions are counted once their tasks end.
     let mut poll = tokio::time::interval(Duration::from_millis(20));
-    let scrape = within("five sessions counted as closed", async {
+    let response = within("five sessions counted as closed", async {
         loop {
-            let (_, text) = http_get(metrics, "/metrics").await;
+            let response = http_get(metrics, "/metrics").await;
+            let text = response.text();
             if sample(&text, "websockify_sessions_closed_total{code=\"1000\"}") >= 5.0 {
-                return text;
+                return response;
             }
             poll.tick().await;
         }
     })
     .await;
-    let body = scrape
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
+    let scrape = response.text();
+    let body = scrape.clone();
     assert!(
-        scrape.contains("text/plain; version=0.0.4"),
-        "content type: {scrape}"
+        response
+            .header("content-type")
+            .is_some_and(|value| value.contains("text/plain; version=0.0.4")),
+        "content type: {}",
+        response.head
     );
     let checked = tokio::task::spawn_blocking(move || {
         use std::io::Write as _;
@@ -370,7 +310,7 @@ async fn metrics_pass_promtool_and_the_counters_add_up() {
         sample(&scrape, "websockify_bytes_to_client_total"),
         sent as f64
     );
-    assert_eq!(http_get(metrics, "/healthz").await.0, 200);
+    assert_eq!(http_get(metrics, "/healthz").await.status, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -387,18 +327,18 @@ async fn sigterm_drains_then_closes_the_remaining_sessions_with_1001() {
         &echo,
     ]);
     let metrics = metrics.expect("metrics address");
-    let (mut session, _) = upgrade_with(addr, b"", "").await;
-    echoes(&mut session, b"before").await;
+    let (mut session, _) = raw_upgrade_after(addr, b"", "").await;
+    echo_on(&mut session, b"before").await;
     let signalled = std::time::Instant::now();
     child.signal(libc::SIGTERM);
     until_status(metrics, "/readyz", 503).await;
     // During the shutdown delay new connections are still served.
-    let (mut late, head) = upgrade_with(addr, b"", "").await;
+    let (mut late, head) = raw_upgrade_after(addr, b"", "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    echoes(&mut late, b"late arrival").await;
+    echo_on(&mut late, b"late arrival").await;
     child.wait_for_line("listener closed");
     // Draining: open sessions carry on.
-    echoes(&mut session, b"during the drain").await;
+    echo_on(&mut session, b"during the drain").await;
     assert_eq!(read_close(&mut session).await.0, 1001);
     assert_eq!(read_close(&mut late).await.0, 1001);
     let waited = signalled.elapsed();
@@ -428,10 +368,10 @@ async fn sighup_reopens_the_log_file_and_sigusr1_is_ignored() {
     std::fs::rename(&log, &rotated).expect("rotate");
     child.signal(libc::SIGHUP);
     child.wait_for_line("log file reopened");
-    let (mut stream, head) = upgrade_with(addr, b"", "").await;
+    let (mut stream, head) = raw_upgrade_after(addr, b"", "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    echoes(&mut stream, b"after SIGHUP").await;
-    close(&mut stream).await;
+    echo_on(&mut stream, b"after SIGHUP").await;
+    assert_eq!(close_on(&mut stream).await, 1000);
     child.wait_for_line("session closed");
     // The log file is written by its own thread: wait for the line to land.
     let mut poll = tokio::time::interval(Duration::from_millis(20));
@@ -441,9 +381,4 @@ async fn sighup_reopens_the_log_file_and_sigusr1_is_ignored() {
         }
     })
     .await;
-}
-
-/// Runs blocking child-process waits off the runtime threads.
-fn block<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
 }

@@ -3,43 +3,17 @@
 //! `--idle-timeout`, `--heartbeat`).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{WebSocketStream, client_async};
 
 use crate::util::*;
 
 type Client = WebSocketStream<TcpStream>;
-
-/// Spawns the binary and waits for its banner; returns it with the address it bound.
-fn start(args: &[&str]) -> (ChildGuard, SocketAddr) {
-    let child = spawn_websockify(args);
-    let addr = listening_addr(&child.wait_for_line("listening on"));
-    (child, addr)
-}
-
-/// Waits for the process to exit on a blocking thread, so the runtime keeps serving the
-/// test's sockets meanwhile; the handle is a future for `stays_pending` and `within`.
-fn watch_exit(mut child: ChildGuard) -> JoinHandle<(ChildGuard, ExitStatus)> {
-    tokio::task::spawn_blocking(move || {
-        let status = child.wait_exit();
-        (child, status)
-    })
-}
-
-/// Awaits a [`watch_exit`] handle (bounded), passing a panic in the watcher on.
-async fn exited(watch: JoinHandle<(ChildGuard, ExitStatus)>) -> ExitStatus {
-    match within("process exit", watch).await {
-        Ok((_child, status)) => status,
-        Err(err) => std::panic::resume_unwind(err.into_panic()),
-    }
-}
 
 /// A tungstenite client connected to `addr` (binary frames, no subprotocol).
 async fn ws_connect(addr: SocketAddr) -> Client {
@@ -80,22 +54,6 @@ async fn close_session(client: &mut Client) {
     .await;
 }
 
-/// Sends one masked binary frame on a raw stream and expects it echoed (pings skipped).
-async fn assert_raw_echoes(stream: &mut TcpStream, payload: &[u8]) {
-    stream
-        .write_all(&client_frame(0x82, payload))
-        .await
-        .expect("send frame");
-    loop {
-        let (b0, got) = read_frame(stream).await;
-        if b0 == 0x89 {
-            continue;
-        }
-        assert_eq!((b0, got.as_slice()), (0x82, payload));
-        return;
-    }
-}
-
 /// Reads one server frame, or `None` at EOF or on a reset (bounded by the caller).
 async fn next_frame_or_eof(stream: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
     let mut head = [0u8; 2];
@@ -115,10 +73,7 @@ async fn assert_not_served(addr: SocketAddr) {
     let Ok(mut stream) = within("connect", TcpStream::connect(addr)).await else {
         return; // refused: the listener is gone
     };
-    let request = format!(
-        "GET /websockify HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
+    let request = upgrade_request(&addr.to_string(), "");
     let _ = stream.write_all(request.as_bytes()).await;
     let mut head = Vec::new();
     within("the server drops the connection", async {
@@ -136,11 +91,6 @@ async fn assert_not_served(addr: SocketAddr) {
         !head.starts_with("HTTP/1.1 101"),
         "a second session was served:\n{head}"
     );
-}
-
-/// Whether this machine has an IPv6 loopback to test with.
-fn ipv6_loopback() -> bool {
-    std::net::TcpListener::bind("[::1]:0").is_ok()
 }
 
 /// Asserts that `help` names `--{name}` as a whole option (not just as a prefix of another).
@@ -277,7 +227,7 @@ fn version_prints_the_version_and_exits_0() {
 #[tokio::test]
 async fn port_0_reports_the_bound_address_and_proxies() {
     let echo = echo_server().await;
-    let (_child, addr) = start(&["127.0.0.1:0", &echo.to_string()]);
+    let (_child, addr) = start_websockify(&["127.0.0.1:0", &echo.to_string()]);
     assert_eq!(addr.ip(), Ipv4Addr::LOCALHOST);
     assert_ne!(addr.port(), 0, "the banner shows the port actually bound");
     let mut client = ws_connect(addr).await;
@@ -287,7 +237,7 @@ async fn port_0_reports_the_bound_address_and_proxies() {
 #[tokio::test]
 async fn options_after_positionals_are_applied_like_novnc_proxy_passes_them() {
     let echo = echo_server().await;
-    let (_child, addr) = start(&[
+    let (_child, addr) = start_websockify(&[
         "127.0.0.1:0",
         &echo.to_string(),
         "--heartbeat",
@@ -338,10 +288,11 @@ fn log_lines_are_plain_text_when_stderr_is_not_a_terminal() {
 async fn sigterm_sends_1001_and_exits_0_once_the_client_closes() {
     let echo = echo_server().await;
     // No drain: open sessions are closed (1001) as soon as the listener closes.
-    let (child, addr) = start(&["--drain-timeout", "0", "127.0.0.1:0", &echo.to_string()]);
+    let (child, addr) =
+        start_websockify(&["--drain-timeout", "0", "127.0.0.1:0", &echo.to_string()]);
     let (mut stream, head) = raw_upgrade(addr, "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert_raw_echoes(&mut stream, b"session open").await;
+    echo_on(&mut stream, b"session open").await;
 
     child.signal(libc::SIGTERM);
     let (code, _reason) = read_close(&mut stream).await;
@@ -361,7 +312,7 @@ async fn sigterm_sends_1001_and_exits_0_once_the_client_closes() {
 /// fully up (signal handlers included) and has no session open afterwards.
 async fn start_idle_after_a_session() -> ChildGuard {
     let echo = echo_server().await;
-    let (child, addr) = start(&["127.0.0.1:0", &echo.to_string()]);
+    let (child, addr) = start_websockify(&["127.0.0.1:0", &echo.to_string()]);
     let mut client = ws_connect(addr).await;
     assert_echoes(&mut client, b"warm up").await;
     close_session(&mut client).await;
@@ -395,7 +346,7 @@ async fn sigterm_right_after_the_banner_exits_0() {
     // graceful, so the signal handlers are in place before the banner. Repeated a few times
     // because a window between the two would be short.
     for _ in 0..5 {
-        let (child, _addr) = start(&["127.0.0.1:0", "127.0.0.1:1"]);
+        let (child, _addr) = start_websockify(&["127.0.0.1:0", "127.0.0.1:1"]);
         child.signal(libc::SIGTERM);
         let status = exited(watch_exit(child)).await;
         assert_eq!(status.code(), Some(0), "killed by the signal: {status:?}");
@@ -405,10 +356,10 @@ async fn sigterm_right_after_the_banner_exits_0() {
 #[tokio::test]
 async fn second_sigterm_exits_at_once_while_a_client_ignores_the_close() {
     let echo = echo_server().await;
-    let (child, addr) = start(&["127.0.0.1:0", &echo.to_string()]);
+    let (child, addr) = start_websockify(&["127.0.0.1:0", &echo.to_string()]);
     let (mut stream, head) = raw_upgrade(addr, "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert_raw_echoes(&mut stream, b"session open").await;
+    echo_on(&mut stream, b"session open").await;
 
     // From here on the client neither reads nor answers: the drain would have to wait.
     child.signal(libc::SIGTERM);
@@ -426,7 +377,7 @@ async fn second_sigterm_exits_at_once_while_a_client_ignores_the_close() {
 #[tokio::test]
 async fn run_once_serves_one_session_then_exits_0() {
     let echo = echo_server().await;
-    let (child, addr) = start(&["--run-once", "127.0.0.1:0", &echo.to_string()]);
+    let (child, addr) = start_websockify(&["--run-once", "127.0.0.1:0", &echo.to_string()]);
     let mut first = ws_connect(addr).await;
     assert_echoes(&mut first, b"the only session").await;
 
@@ -468,7 +419,8 @@ fn idle_timeout_exits_0_when_nobody_connects() {
 #[tokio::test]
 async fn idle_timeout_waits_while_a_session_is_open() {
     let echo = echo_server().await;
-    let (child, addr) = start(&["--idle-timeout", "1", "127.0.0.1:0", &echo.to_string()]);
+    let (child, addr) =
+        start_websockify(&["--idle-timeout", "1", "127.0.0.1:0", &echo.to_string()]);
     let mut client = ws_connect(addr).await;
     assert_echoes(&mut client, b"busy").await;
 
@@ -491,7 +443,7 @@ async fn listens_and_proxies_on_ipv6_loopback() {
         return;
     }
     let echo = echo_server().await;
-    let (_child, addr) = start(&["[::1]:0", &echo.to_string()]);
+    let (_child, addr) = start_websockify(&["[::1]:0", &echo.to_string()]);
     assert_eq!(addr.ip(), Ipv6Addr::LOCALHOST);
     let mut client = ws_connect(addr).await;
     assert_echoes(&mut client, b"over IPv6").await;
@@ -500,7 +452,7 @@ async fn listens_and_proxies_on_ipv6_loopback() {
 #[tokio::test]
 async fn bare_port_listens_on_ipv4_and_ipv6() {
     let echo = echo_server().await;
-    let (_child, addr) = start(&["0", &echo.to_string()]);
+    let (_child, addr) = start_websockify(&["0", &echo.to_string()]);
     let v4 = SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port()));
     let mut client = ws_connect(v4).await;
     assert_echoes(&mut client, b"IPv4 client").await;
@@ -516,7 +468,7 @@ async fn bare_port_listens_on_ipv4_and_ipv6() {
 #[tokio::test]
 async fn heartbeat_pings_and_keeps_a_client_that_answers() {
     let echo = echo_server().await;
-    let (_child, addr) = start(&["--heartbeat", "1", "127.0.0.1:0", &echo.to_string()]);
+    let (_child, addr) = start_websockify(&["--heartbeat", "1", "127.0.0.1:0", &echo.to_string()]);
     let (mut stream, head) = raw_upgrade(addr, "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // Four intervals: one more than a silent client is allowed.
@@ -528,13 +480,13 @@ async fn heartbeat_pings_and_keeps_a_client_that_answers() {
             .await
             .expect("pong");
     }
-    assert_raw_echoes(&mut stream, b"still relaying").await;
+    echo_on(&mut stream, b"still relaying").await;
 }
 
 #[tokio::test]
 async fn heartbeat_drops_a_client_that_never_answers() {
     let echo = echo_server().await;
-    let (_child, addr) = start(&["--heartbeat", "1", "127.0.0.1:0", &echo.to_string()]);
+    let (_child, addr) = start_websockify(&["--heartbeat", "1", "127.0.0.1:0", &echo.to_string()]);
     let (mut stream, head) = raw_upgrade(addr, "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let upgraded = Instant::now();

@@ -4,30 +4,13 @@
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, OwnedFd};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use crate::util::*;
-
-/// The binary with `args`, stdin and stdout on /dev/null, stderr piped, no `RUST_LOG`.
-fn websockify(args: &[&str]) -> Command {
-    let mut command = Command::new(websockify_bin());
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .env_remove("RUST_LOG");
-    command
-}
-
-/// Runs a blocking wait without stalling the (multi-threaded) runtime's other tasks.
-fn block<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
 
 /// How many bytes the pipe behind `fd` holds before a writer blocks.
 fn pipe_capacity(fd: impl AsFd) -> usize {
@@ -48,26 +31,17 @@ fn drain(mut reader: impl std::io::Read + Send + 'static) -> mpsc::Receiver<Vec<
 
 /// One plain `GET /x` (refused with a log line, as no --web is given), read to the end.
 async fn plain_get(addr: SocketAddr) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send request");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("response");
-    assert!(response.starts_with(b"HTTP/1.1 "), "{response:?}");
+    let response = http_get(addr, "/x").await;
+    assert!(
+        response.status_line.starts_with("HTTP/1.1 "),
+        "{response:?}"
+    );
 }
 
 /// Upgrades, then sends one message and expects it back from the echo target.
 async fn echo_session(addr: SocketAddr, payload: &[u8]) -> TcpStream {
-    let (mut stream, head) = raw_upgrade(addr, "").await;
-    assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused:\n{head}");
-    stream
-        .write_all(&client_frame(0x82, payload))
-        .await
-        .expect("send frame");
-    let (b0, echoed) = read_frame(&mut stream).await;
-    assert_eq!((b0, echoed.as_slice()), (0x82, payload));
+    let mut stream = session(addr).await;
+    echo_on(&mut stream, payload).await;
     stream
 }
 
@@ -75,10 +49,7 @@ async fn echo_session(addr: SocketAddr, payload: &[u8]) -> TcpStream {
 async fn stderr_nobody_reads_never_stops_upgrades_or_sigterm() {
     let echo = echo_server().await;
     // --inetd with a listener we bound: no need to read the banner from stderr.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let mut command = websockify(&["--inetd", &echo.to_string()]);
-    command.stdin(Stdio::from(OwnedFd::from(listener)));
+    let (mut command, addr) = inetd_websockify(&[&echo.to_string()]);
     let mut spawned = command.spawn().expect("spawn");
     // Kept open and never read until the process is gone.
     let stderr = spawned.stderr.take().expect("stderr");
@@ -192,12 +163,8 @@ async fn record_skips_a_planted_symlink_and_writes_a_private_file() {
     std::fs::write(&victim, "precious\n").expect("victim");
     std::os::unix::fs::symlink(&victim, dir.path().join("session.1")).expect("symlink");
     let base_arg = base.to_str().expect("utf-8 path");
-    let mut child = ChildGuard::new(
-        websockify(&["--record", base_arg, "127.0.0.1:0", &echo.to_string()])
-            .spawn()
-            .expect("spawn"),
-    );
-    let addr = listening_addr(&block(|| child.wait_for_line("listening on")));
+    let (mut child, addr) =
+        start_websockify(&["--record", base_arg, "127.0.0.1:0", &echo.to_string()]);
 
     let mut client = echo_session(addr, b"secret keystrokes").await;
     client.shutdown().await.expect("shutdown");
@@ -247,12 +214,7 @@ async fn a_failed_second_start_leaves_the_running_instances_pid_file_alone() {
     let dir = tempfile::tempdir().expect("tempdir");
     let pid_path = dir.path().join("ws.pid");
     let pid_file = pid_path.to_str().expect("utf-8 path");
-    let mut first = ChildGuard::new(
-        websockify(&["--pid-file", pid_file, "127.0.0.1:0", &echo])
-            .spawn()
-            .expect("spawn"),
-    );
-    let addr = listening_addr(&block(|| first.wait_for_line("listening on")));
+    let (mut first, addr) = start_websockify(&["--pid-file", pid_file, "127.0.0.1:0", &echo]);
     let first_pid = format!("{}\n", first.pid);
     assert_eq!(
         std::fs::read_to_string(&pid_path).expect("pid file"),

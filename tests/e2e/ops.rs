@@ -9,7 +9,7 @@
 
 use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead as _, BufReader, Read};
+use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::fs::{
@@ -17,227 +17,23 @@ use std::os::unix::fs::{
 };
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram, UnixStream};
-use tokio::task::JoinHandle;
 
 use crate::util::*;
 
 // ---------------------------------------------------------------------------------------------
-// WebSocket on any stream (TCP or unix)
-
-/// Sends an upgrade request for `/websockify`; returns the response head.
-async fn upgrade_on<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, host: &str) -> String {
-    let request = format!(
-        "GET /websockify HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    within(
-        "send the upgrade request",
-        stream.write_all(request.as_bytes()),
-    )
-    .await
-    .expect("send the upgrade request");
-    let mut head = Vec::new();
-    within("response head", async {
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if stream.read(&mut byte).await.expect("read head") == 0 {
-                break;
-            }
-            head.push(byte[0]);
-        }
-    })
-    .await;
-    String::from_utf8_lossy(&head).into_owned()
-}
-
-/// Reads one server frame: (first byte, payload).
-async fn frame_on<S: AsyncRead + Unpin>(stream: &mut S) -> (u8, Vec<u8>) {
-    within("read a frame", async {
-        let mut head = [0u8; 2];
-        stream.read_exact(&mut head).await.expect("frame header");
-        assert_eq!(head[1] & 0x80, 0, "server frames are never masked");
-        let len = match head[1] & 0x7f {
-            126 => u64::from(stream.read_u16().await.expect("len16")),
-            127 => stream.read_u64().await.expect("len64"),
-            n => u64::from(n),
-        };
-        let mut payload = vec![0u8; usize::try_from(len).expect("frame length")];
-        stream.read_exact(&mut payload).await.expect("payload");
-        (head[0], payload)
-    })
-    .await
-}
-
-/// Sends `payload` as one binary message and expects it back (pings skipped; the echo may
-/// come back in several frames).
-async fn echo_on<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, payload: &[u8]) {
-    within(
-        "send a frame",
-        stream.write_all(&client_frame(0x82, payload)),
-    )
-    .await
-    .expect("send a frame");
-    let mut got = Vec::new();
-    while got.len() < payload.len() {
-        let (b0, data) = frame_on(stream).await;
-        match b0 & 0x0f {
-            0x9 | 0xa => {}
-            0x2 | 0x0 => got.extend_from_slice(&data),
-            other => panic!("expected the echo, got opcode {other:#x}: {data:?}"),
-        }
-    }
-    assert_eq!(got, payload, "echo");
-}
-
-/// Closes the session from the client side (1000) and reads until the server closes TCP.
-async fn close_on<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
-    within(
-        "send a close frame",
-        stream.write_all(&client_frame(0x88, &1000u16.to_be_bytes())),
-    )
-    .await
-    .expect("send a close frame");
-    loop {
-        let (b0, _) = frame_on(stream).await;
-        if b0 & 0x0f == 0x8 {
-            break;
-        }
-    }
-    let mut rest = Vec::new();
-    within("the server closes TCP", stream.read_to_end(&mut rest))
-        .await
-        .expect("read to EOF");
-}
-
-/// A WebSocket session over TCP to `addr`, upgraded.
-async fn session(addr: SocketAddr) -> TcpStream {
-    let (stream, head) = raw_upgrade(addr, "").await;
-    assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused:\n{head}");
-    stream
-}
-
-/// `GET path` over plain HTTP; returns (status line, head, body).
-async fn http_get(addr: SocketAddr, path: &str) -> (String, String, Vec<u8>) {
-    let mut stream = within("connect", TcpStream::connect(addr))
-        .await
-        .expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .expect("send request");
-    let mut response = Vec::new();
-    within("HTTP response", stream.read_to_end(&mut response))
-        .await
-        .expect("read response");
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&response)));
-    let head = String::from_utf8_lossy(&response[..split]).into_owned();
-    let body = response[split + 4..].to_vec();
-    let status = head.lines().next().unwrap_or_default().to_owned();
-    (status, head, body)
-}
-
-/// The value of header `name` in an HTTP head (case-insensitive name).
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
-    head.lines().skip(1).find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        key.trim()
-            .eq_ignore_ascii_case(name)
-            .then_some(value.trim())
-    })
-}
-
-// ---------------------------------------------------------------------------------------------
 // Processes
 
-/// The binary with `args`: stdin and stdout on /dev/null, stderr piped, no `RUST_LOG`.
-fn websockify(args: &[&str]) -> Command {
-    let mut command = Command::new(websockify_bin());
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .env_remove("RUST_LOG");
-    command
-}
-
-/// Spawns the binary and waits for its banner; returns it with the address it reports.
+/// Spawns the binary and waits for its banner line (a unix socket has no address to parse).
 fn start(args: &[&str]) -> (ChildGuard, String) {
-    let child = ChildGuard::new(websockify(args).spawn().expect("spawn websockify"));
+    let child = spawn_websockify(args);
     let line = block(|| child.wait_for_line("listening on"));
     (child, line)
-}
-
-/// Runs a blocking wait without stalling the (multi-threaded) runtime's other tasks.
-fn block<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
-/// Waits for the process to exit on a blocking thread; the handle is a future.
-fn watch_exit(mut child: ChildGuard) -> JoinHandle<(ChildGuard, ExitStatus)> {
-    tokio::task::spawn_blocking(move || {
-        let status = child.wait_exit();
-        (child, status)
-    })
-}
-
-/// Awaits a [`watch_exit`] handle (bounded), passing a panic in the watcher on.
-async fn exited(watch: JoinHandle<(ChildGuard, ExitStatus)>) -> ExitStatus {
-    match within("process exit", watch).await {
-        Ok((_child, status)) => status,
-        Err(err) => std::panic::resume_unwind(err.into_panic()),
-    }
-}
-
-/// Lines of `reader` on a channel, read by a thread until EOF or an error.
-fn lines_of(reader: impl Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits (bounded) for a line containing `needle`; returns it.
-fn line_containing(lines: &mpsc::Receiver<String>, needle: &str) -> String {
-    let deadline = Instant::now() + STEP;
-    let mut seen = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        match lines.recv_timeout(left) {
-            Ok(line) if line.contains(needle) => return line,
-            Ok(line) => seen.push(line),
-            Err(_) => break,
-        }
-    }
-    panic!("no line containing {needle:?}; saw:\n{}", seen.join("\n"));
-}
-
-/// Fields of /proc/PID/stat after the command name: `[0]` state, `[1]` ppid, `[2]` pgrp,
-/// `[3]` session, `[4]` tty_nr, `[19]` start time. `None` when the process is gone.
-fn proc_stat(pid: i32) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = text.get(text.rfind(')')? + 2..)?;
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
-/// Whether `pid` is a live process (neither gone nor a zombie).
-fn alive(pid: i32) -> bool {
-    proc_stat(pid).is_some_and(|f| f[0] != "Z" && f[0] != "X")
 }
 
 /// Waits (bounded) until `pid`, which need not be our child, has exited: a pidfd becomes
@@ -263,28 +59,6 @@ async fn gone(pid: i32) {
         .await
         .expect("poll the pidfd");
     assert!(!alive(pid), "process {pid} is still running");
-}
-
-/// A process that is not our child (a daemon), SIGKILLed on drop if still the same process.
-struct KillOnDrop {
-    pid: i32,
-    started: Option<String>,
-}
-
-impl KillOnDrop {
-    fn new(pid: i32) -> KillOnDrop {
-        let started = proc_stat(pid).map(|f| f[19].clone());
-        KillOnDrop { pid, started }
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if alive(self.pid) && proc_stat(self.pid).map(|f| f[19].clone()) == self.started {
-            // SAFETY: kill(2) on the daemon this test started (checked by start time).
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
-        }
-    }
 }
 
 /// Sends `signal` to a process that is not our child.
@@ -562,7 +336,7 @@ async fn run_blocking(args: Vec<String>) -> (Option<i32>, String, String) {
 /// to exit 0 promptly with nothing on stderr, and checks through /proc that the daemon really
 /// detached. Returns its pid (killed on drop) and the pid file; the address it listens on is
 /// in its log (`--log-file` or `--syslog` among `options`).
-async fn start_daemon(dir: &Path, options: &[&str]) -> (KillOnDrop, PathBuf) {
+async fn start_daemon(dir: &Path, options: &[&str]) -> (KillOnDrop, i32, PathBuf) {
     let echo = echo_server().await;
     let pid_file = dir.join("ws.pid");
     let mut args: Vec<String> = vec![
@@ -586,27 +360,26 @@ async fn start_daemon(dir: &Path, options: &[&str]) -> (KillOnDrop, PathBuf) {
     let text = std::fs::read_to_string(&pid_file).expect("pid file written before the exit");
     assert!(text.ends_with('\n'), "{text:?}");
     let pid: i32 = text.trim().parse().unwrap_or_else(|_| panic!("{text:?}"));
-    let guard = KillOnDrop::new(pid);
+    let guard = KillOnDrop::new(&[pid]);
     let stat = proc_stat(pid).unwrap_or_else(|| panic!("daemon {pid} is not running"));
-    assert!(alive(pid), "daemon {pid}: state {}", stat[0]);
+    assert!(alive(pid), "daemon {pid}: state {}", stat.state);
     // SAFETY: getsid(0) and getpid() only read our own process's ids.
     let (our_session, our_pid) = unsafe { (libc::getsid(0), libc::getpid()) };
-    let session: i32 = stat[3].parse().expect("session");
-    let tty: i64 = stat[4].parse().expect("tty_nr");
+    let (session, tty) = (stat.session, stat.tty_nr);
     assert_ne!(session, our_session, "the daemon is still in our session");
     assert_ne!(
         session, pid,
         "the daemon leads its session (could regain a tty)"
     );
     assert_eq!(tty, 0, "the daemon has a controlling terminal");
-    assert_ne!(stat[1], our_pid.to_string(), "the daemon is our child");
+    assert_ne!(stat.ppid, our_pid, "the daemon is our child");
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).expect("daemon cwd");
     assert_eq!(cwd, Path::new("/"), "upstream changes directory to /");
     for fd in 0..3 {
         let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).expect("daemon fd");
         assert_eq!(target, Path::new("/dev/null"), "fd {fd} of the daemon");
     }
-    (guard, pid_file)
+    (guard, pid, pid_file)
 }
 
 /// SIGTERM via the pid file; waits (bounded) for the daemon to exit and its pid file to go.
@@ -629,7 +402,7 @@ async fn stop_daemon(pid_file: &Path) {
 async fn daemon_detaches_keeps_its_log_file_serves_and_stops_via_the_pid_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("ws.log");
-    let (_guard, pid_file) =
+    let (_guard, _pid, pid_file) =
         start_daemon(dir.path(), &["--log-file", log.to_str().expect("utf-8")]).await;
 
     // The command exits after the daemon reports ready, which is after the banner.
@@ -656,13 +429,30 @@ async fn daemon_detaches_keeps_its_log_file_serves_and_stops_via_the_pid_file() 
     assert!(!text.contains('\x1b'), "escape codes in the log file");
 }
 
+/// A syslog receiver: a UDP or a unix datagram socket.
+trait Datagrams {
+    async fn recv_one(&self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+impl Datagrams for UdpSocket {
+    async fn recv_one(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.recv(buf).await
+    }
+}
+
+impl Datagrams for UnixDatagram {
+    async fn recv_one(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.recv(buf).await
+    }
+}
+
 /// Receives datagrams (bounded) until one contains `needle`; returns every one received.
-async fn udp_until(socket: &UdpSocket, needle: &str) -> Vec<String> {
+async fn datagrams_until(socket: &impl Datagrams, needle: &str) -> Vec<String> {
     let mut seen = Vec::new();
     let mut buf = vec![0u8; 65536];
     within(&format!("a syslog datagram containing {needle:?}"), async {
         loop {
-            let n = socket.recv(&mut buf).await.expect("recv");
+            let n = socket.recv_one(&mut buf).await.expect("recv");
             let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
             let done = msg.contains(needle);
             seen.push(msg);
@@ -680,18 +470,18 @@ async fn daemon_keeps_sending_to_a_udp_syslog_server_with_the_daemon_facility() 
     let dir = tempfile::tempdir().expect("tempdir");
     let receiver = UdpSocket::bind("127.0.0.1:0").await.expect("bind udp");
     let server = receiver.local_addr().expect("udp addr").to_string();
-    let (guard, pid_file) = start_daemon(dir.path(), &["--syslog", &server]).await;
-    let header_end = format!(" websockify {} - - ", guard.pid);
+    let (_guard, pid, pid_file) = start_daemon(dir.path(), &["--syslog", &server]).await;
+    let header_end = format!(" websockify {pid} - - ");
 
-    let mut all = udp_until(&receiver, "listening on").await;
+    let mut all = datagrams_until(&receiver, "listening on").await;
     let addr = listening_addr(all.last().expect("the banner datagram"));
     let mut client = session(addr).await;
     echo_on(&mut client, b"logged after detaching").await;
-    all.extend(udp_until(&receiver, "WebSocket connection").await);
+    all.extend(datagrams_until(&receiver, "WebSocket connection").await);
     close_on(&mut client).await;
-    all.extend(udp_until(&receiver, "session closed").await);
+    all.extend(datagrams_until(&receiver, "session closed").await);
     stop_daemon(&pid_file).await;
-    all.extend(udp_until(&receiver, "SIGTERM received").await);
+    all.extend(datagrams_until(&receiver, "SIGTERM received").await);
 
     for msg in &all {
         assert!(
@@ -820,25 +610,6 @@ fn syslog_socket(dir: &Path) -> (UnixDatagram, PathBuf) {
     (socket, path)
 }
 
-/// Receives datagrams (bounded) until one contains `needle`; returns every one received.
-async fn dgram_until(socket: &UnixDatagram, needle: &str) -> Vec<String> {
-    let mut seen = Vec::new();
-    let mut buf = vec![0u8; 65536];
-    within(&format!("a syslog datagram containing {needle:?}"), async {
-        loop {
-            let n = socket.recv(&mut buf).await.expect("recv");
-            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-            let done = msg.contains(needle);
-            seen.push(msg);
-            if done {
-                break;
-            }
-        }
-    })
-    .await;
-    seen
-}
-
 /// Checks `<PRI>1 YYYY-MM-DDTHH:MM:SSZ HOST websockify PID - - MSG`; returns (PRI, MSG).
 fn parse_rfc5424(msg: &str, pid: i32) -> (u32, String) {
     let fields: Vec<&str> = msg.splitn(8, ' ').collect();
@@ -880,7 +651,7 @@ async fn syslog_to_a_unix_datagram_socket_uses_rfc_5424_and_facility_user() {
         "127.0.0.1:0",
         &echo.to_string(),
     ]);
-    let all = dgram_until(&receiver, "listening on").await;
+    let all = datagrams_until(&receiver, "listening on").await;
     let (pri, first) = parse_rfc5424(&all[0], child.pid);
     assert_eq!(
         (pri, first.as_str()),
@@ -903,7 +674,7 @@ async fn legacy_syslog_uses_the_bsd_format() {
         "127.0.0.1:0",
         "127.0.0.1:1",
     ]);
-    let all = dgram_until(&receiver, "listening on").await;
+    let all = datagrams_until(&receiver, "listening on").await;
     assert_eq!(
         all[0],
         format!("<14>websockify[{}]: WebSocket server settings:", child.pid)
@@ -920,10 +691,7 @@ async fn legacy_syslog_uses_the_bsd_format() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inetd_wait_mode_serves_a_listening_socket_on_stdin() {
     let echo = echo_server().await;
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let mut command = websockify(&["--inetd", &echo.to_string()]);
-    command.stdin(Stdio::from(OwnedFd::from(listener)));
+    let (mut command, addr) = inetd_websockify(&[&echo.to_string()]);
     let child = ChildGuard::new(command.spawn().expect("spawn"));
     block(|| child.wait_for_line("Listen for inetd connections"));
     let banner = block(|| child.wait_for_line("listening on"));
@@ -1143,7 +911,7 @@ async fn libserver_warns_that_it_has_no_effect_and_serves() {
     assert!(warning.contains("WARN"), "not a warning: {warning}");
     let addr = listening_addr(&block(|| child.wait_for_line("listening on")));
     // Severity warning (4), facility user (1).
-    let all = dgram_until(&receiver, "--libserver").await;
+    let all = datagrams_until(&receiver, "--libserver").await;
     let (pri, _) = parse_rfc5424(all.last().expect("message"), child.pid);
     assert_eq!(pri, 12, "{all:?}");
 
@@ -1223,14 +991,17 @@ async fn novnc_proxy_command_line_starts_and_serves_files_and_websockets() {
     ]);
     let addr = listening_addr(&banner);
 
-    let (status, head, body) = http_get(addr, "/vnc.html").await;
-    assert_eq!(status, "HTTP/1.1 200 OK", "{head}");
-    let content_type = header(&head, "content-type").unwrap_or_default();
-    assert!(content_type.starts_with("text/html"), "{head}");
-    assert_eq!(body, std::fs::read(web.join("vnc.html")).expect("read"));
+    let page = http_get(addr, "/vnc.html").await;
+    assert_eq!(page.status_line, "HTTP/1.1 200 OK", "{}", page.head);
+    let content_type = page.header("content-type").unwrap_or_default();
+    assert!(content_type.starts_with("text/html"), "{}", page.head);
+    assert_eq!(
+        page.body,
+        std::fs::read(web.join("vnc.html")).expect("read")
+    );
     // --file-only: no directory listing.
-    let (status, head, _) = http_get(addr, "/").await;
-    assert!(status.starts_with("HTTP/1.1 404"), "{head}");
+    let listing = http_get(addr, "/").await;
+    assert_eq!(listing.status, 404, "{}", listing.head);
 
     let mut client = session(addr).await;
     echo_on(&mut client, b"noVNC says hello").await;
@@ -1238,20 +1009,16 @@ async fn novnc_proxy_command_line_starts_and_serves_files_and_websockets() {
     block(|| child.wait_for_line("session closed"));
     let recorded = std::fs::read_to_string(dir.path().join("rec.1")).expect("rec.1");
     assert!(recorded.ends_with("'EOF'];\n"), "{recorded}");
-    let logged = dgram_until(&receiver, "WebSocket connection").await;
+    let logged = datagrams_until(&receiver, "WebSocket connection").await;
     assert!(logged.iter().all(|m| m.starts_with("<14>1 ")), "{logged:?}");
 }
 
 /// Live processes whose process group is `pgid`.
 fn group_members(pgid: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
+    all_processes()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-        .filter(|&pid| {
-            proc_stat(pid).is_some_and(|f| f[2] == pgid.to_string() && f[0] != "Z" && f[0] != "X")
-        })
+        .filter(|(_, stat)| stat.pgrp == pgid && stat.state != 'Z' && stat.state != 'X')
+        .map(|(pid, _)| pid)
         .collect()
 }
 
@@ -1315,8 +1082,8 @@ async fn the_real_novnc_proxy_script_runs_our_binary() {
     block(|| line_containing(&stdout, "Navigate to this URL"));
     let banner = block(|| child.wait_for_line("listening on"));
     let addr = SocketAddr::from(([127, 0, 0, 1], listening_addr(&banner).port()));
-    let (status, head, _body) = http_get(addr, "/vnc.html").await;
-    assert_eq!(status, "HTTP/1.1 200 OK", "{head}");
+    let page = http_get(addr, "/vnc.html").await;
+    assert_eq!(page.status_line, "HTTP/1.1 200 OK", "{}", page.head);
     let mut client = session(addr).await;
     echo_on(&mut client, b"via novnc_proxy").await;
     close_on(&mut client).await;

@@ -499,25 +499,11 @@ async fn proxies_to_a_unix_socket_target() {
 
 #[tokio::test]
 async fn serves_ipv6_clients_and_targets() {
-    if std::net::TcpListener::bind("[::1]:0").is_err() {
+    if !ipv6_loopback() {
         eprintln!("skipped: no IPv6 loopback on this machine");
         return;
     }
-    let echo = {
-        let listener = tokio::net::TcpListener::bind("[::1]:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let (mut r, mut w) = s.split();
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                });
-            }
-        });
-        addr
-    };
+    let echo = echo_server_on("[::1]:0").await;
     let server = TestServer::start_on(config_to(echo), "[::1]:0").await;
     let mut client = ws_client(&server, None).await;
     within("send", client.send(Message::binary(b"v6".to_vec())))

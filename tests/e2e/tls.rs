@@ -9,11 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rcgen::ExtendedKeyUsagePurpose;
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -26,82 +23,9 @@ use tokio_tungstenite::tungstenite::Message;
 use websockify::Target;
 use websockify::config::{Config, SslVersion};
 
-use crate::util::{TestServer, config_to, echo_server, within};
+use crate::util::{Ca, Identity, TestServer, config_to, echo_server, self_signed, within};
 
 // ---- certificates ---------------------------------------------------------------------------
-
-/// A certificate with its private key, as PEM and DER.
-struct Identity {
-    cert_pem: String,
-    key_pem: String,
-    cert_der: CertificateDer<'static>,
-}
-
-impl Identity {
-    /// Certificate and key in one PEM file, the way `self.pem` is usually made.
-    fn combined_pem(&self) -> String {
-        format!("{}{}", self.cert_pem, self.key_pem)
-    }
-
-    fn key_der(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("parse generated key")
-    }
-}
-
-/// A self-signed server certificate for `localhost`.
-fn self_signed() -> Identity {
-    let key = KeyPair::generate().expect("generate key");
-    let cert = CertificateParams::new(vec!["localhost".to_owned()])
-        .expect("params")
-        .self_signed(&key)
-        .expect("self-sign");
-    Identity {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-        cert_der: cert.der().clone(),
-    }
-}
-
-/// A test certificate authority.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let key = KeyPair::generate().expect("generate CA key");
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("self-sign CA"),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    fn der(&self) -> CertificateDer<'static> {
-        self.issuer.der().clone()
-    }
-
-    /// A certificate signed by this CA for `name`, usable by a server or (with `client`) a client.
-    fn issue(&self, name: &str, client: bool) -> Identity {
-        let key = KeyPair::generate().expect("generate leaf key");
-        let mut params = CertificateParams::new(vec![name.to_owned()]).expect("leaf params");
-        params.extended_key_usages = vec![if client {
-            ExtendedKeyUsagePurpose::ClientAuth
-        } else {
-            ExtendedKeyUsagePurpose::ServerAuth
-        }];
-        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
-        Identity {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            cert_der: cert.der().clone(),
-        }
-    }
-}
 
 fn write(dir: &Path, name: &str, contents: &str) -> PathBuf {
     let path = dir.join(name);
@@ -394,7 +318,7 @@ async fn verify_client_accepts_only_certificates_from_the_cafile() {
     config.tls.cafile = Some(write(dir.path(), "ca.pem", &ca.pem()));
     let server = TestServer::start(config).await;
 
-    let good = ca.issue("client", true);
+    let good = ca.issue("client", ExtendedKeyUsagePurpose::ClientAuth);
     let with_cert = client_config(&id.cert_der, rustls::DEFAULT_VERSIONS, Some(&good));
     let mut secure = wss(server.addr, with_cert)
         .await
@@ -407,7 +331,7 @@ async fn verify_client_accepts_only_certificates_from_the_cafile() {
         "client without a certificate",
     )
     .await;
-    let stranger = other_ca.issue("client", true);
+    let stranger = other_ca.issue("client", ExtendedKeyUsagePurpose::ClientAuth);
     let with_stranger = client_config(&id.cert_der, rustls::DEFAULT_VERSIONS, Some(&stranger));
     assert_wss_refused(server.addr, with_stranger, "client cert from another CA").await;
 }
@@ -470,7 +394,8 @@ where
 #[tokio::test]
 async fn ssl_target_verifies_the_target_against_system_roots() {
     let ca = Ca::new();
-    let (target, mut handshakes) = tls_echo_target(&ca.issue("localhost", false)).await;
+    let (target, mut handshakes) =
+        tls_echo_target(&ca.issue("localhost", ExtendedKeyUsagePurpose::ServerAuth)).await;
     let mut config = Config::new(Target::Tcp {
         host: "localhost".into(),
         port: target.port(),

@@ -1,16 +1,26 @@
-//! Helpers shared by the end-to-end tests: bounded waits, servers on port 0, raw frames.
+//! Helpers shared by the end-to-end tests, one copy each: bounded waits, servers and targets
+//! on port 0, ports for what cannot take port 0, WebSocket and HTTP by hand, child processes,
+//! /proc, and what this machine has.
 
 #![allow(dead_code)]
 
 use std::future::Future;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use websockify::{Config, Target};
 
@@ -77,7 +87,12 @@ pub fn config_to(target: SocketAddr) -> Config {
 
 /// Starts a TCP echo server on 127.0.0.1:0; each connection echoes until EOF.
 pub async fn echo_server() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    echo_server_on("127.0.0.1:0").await
+}
+
+/// Starts a TCP echo server on `bind` (a port 0 address); each connection echoes until EOF.
+pub async fn echo_server_on(bind: &str) -> SocketAddr {
+    let listener = TcpListener::bind(bind).await.expect("bind echo");
     let addr = listener.local_addr().expect("echo addr");
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
@@ -172,29 +187,72 @@ fn unheld_port() -> u16 {
     listener.local_addr().expect("local addr").port()
 }
 
-/// Sends a raw upgrade request; returns the stream and the response head.
-pub async fn raw_upgrade(addr: SocketAddr, extra_headers: &str) -> (TcpStream, String) {
+// ---------------------------------------------------------------------------------------------
+// WebSocket by hand: the upgrade request, frames, an echo, the close
+
+/// An upgrade request for `/websockify` with `extra_headers` (each line ending in CRLF).
+pub fn upgrade_request(host: &str, extra_headers: &str) -> String {
+    upgrade_request_for("/websockify", host, extra_headers)
+}
+
+/// An upgrade request for `path` with `extra_headers` (each line ending in CRLF).
+pub fn upgrade_request_for(path: &str, host: &str, extra_headers: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
+    )
+}
+
+/// Connects to `addr`, sends `prefix` (a PROXY header, or nothing) and an upgrade request
+/// with `extra_headers`; returns the stream and the response head.
+pub async fn raw_upgrade_after(
+    addr: SocketAddr,
+    prefix: &[u8],
+    extra_headers: &str,
+) -> (TcpStream, String) {
     let mut stream = within("connect", TcpStream::connect(addr))
         .await
         .expect("connect");
-    let request = format!(
-        "GET /websockify HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
+    let mut request = prefix.to_vec();
+    request.extend_from_slice(upgrade_request(&addr.to_string(), extra_headers).as_bytes());
+    within("send the upgrade request", stream.write_all(&request))
         .await
-        .expect("send request");
+        .expect("send the upgrade request");
     let head = read_head(&mut stream).await;
     (stream, head)
 }
 
-/// Reads an HTTP response head byte by byte (so no frame bytes are consumed).
-pub async fn read_head(stream: &mut TcpStream) -> String {
+/// Sends a raw upgrade request; returns the stream and the response head.
+pub async fn raw_upgrade(addr: SocketAddr, extra_headers: &str) -> (TcpStream, String) {
+    raw_upgrade_after(addr, b"", extra_headers).await
+}
+
+/// Sends an upgrade request on an open stream (TCP or unix); returns the response head.
+pub async fn upgrade_on<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, host: &str) -> String {
+    let request = upgrade_request(host, "");
+    within(
+        "send the upgrade request",
+        stream.write_all(request.as_bytes()),
+    )
+    .await
+    .expect("send the upgrade request");
+    read_head(stream).await
+}
+
+/// A WebSocket session over TCP to `addr`, upgraded.
+pub async fn session(addr: SocketAddr) -> TcpStream {
+    let (stream, head) = raw_upgrade(addr, "").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused:\n{head}");
+    stream
+}
+
+/// Reads an HTTP response head byte by byte (so no frame bytes are consumed); what came
+/// before EOF if the peer closes first.
+pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> String {
     let mut head = Vec::new();
     within("response head", async {
+        let mut byte = [0u8; 1];
         while !head.ends_with(b"\r\n\r\n") {
-            let mut byte = [0u8; 1];
             if stream.read(&mut byte).await.expect("read head") == 0 {
                 break;
             }
@@ -226,7 +284,7 @@ pub fn client_frame(b0: u8, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Reads one server frame: (first byte, payload). Panics on EOF.
-pub async fn read_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+pub async fn read_frame<S: AsyncRead + Unpin>(stream: &mut S) -> (u8, Vec<u8>) {
     within("read a frame", async {
         let mut head = [0u8; 2];
         stream.read_exact(&mut head).await.expect("frame header");
@@ -236,7 +294,7 @@ pub async fn read_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
             127 => stream.read_u64().await.expect("len64"),
             n => u64::from(n),
         };
-        let mut payload = vec![0u8; len as usize];
+        let mut payload = vec![0u8; usize::try_from(len).expect("frame length")];
         stream.read_exact(&mut payload).await.expect("payload");
         (head[0], payload)
     })
@@ -244,7 +302,7 @@ pub async fn read_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
 }
 
 /// Reads frames until a close frame; returns its code and reason, skipping data frames.
-pub async fn read_close(stream: &mut TcpStream) -> (u16, String) {
+pub async fn read_close<S: AsyncRead + Unpin>(stream: &mut S) -> (u16, String) {
     loop {
         let (b0, payload) = read_frame(stream).await;
         if b0 & 0x0f == 0x8 {
@@ -255,6 +313,150 @@ pub async fn read_close(stream: &mut TcpStream) -> (u16, String) {
             return (code, String::from_utf8_lossy(&payload[2..]).into_owned());
         }
     }
+}
+
+/// Sends `payload` as one binary message and expects it back (pings skipped; the echo may
+/// come back in several frames).
+pub async fn echo_on<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, payload: &[u8]) {
+    within(
+        "send a frame",
+        stream.write_all(&client_frame(0x82, payload)),
+    )
+    .await
+    .expect("send a frame");
+    let mut got = Vec::new();
+    while got.len() < payload.len() {
+        let (b0, data) = read_frame(stream).await;
+        match b0 & 0x0f {
+            0x9 | 0xa => {}
+            0x2 | 0x0 => got.extend_from_slice(&data),
+            other => panic!("expected the echo, got opcode {other:#x}: {data:?}"),
+        }
+    }
+    assert_eq!(got, payload, "echo");
+}
+
+/// Closes the session from the client side (1000), reads until the server closes TCP, and
+/// returns the code of the server's close frame.
+pub async fn close_on<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> u16 {
+    within(
+        "send a close frame",
+        stream.write_all(&client_frame(0x88, &1000u16.to_be_bytes())),
+    )
+    .await
+    .expect("send a close frame");
+    let (code, _reason) = read_close(stream).await;
+    let mut rest = Vec::new();
+    within("the server closes TCP", stream.read_to_end(&mut rest))
+        .await
+        .expect("read to EOF");
+    code
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plain HTTP
+
+/// An HTTP response read to EOF.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// The first line, e.g. `HTTP/1.1 200 OK`.
+    pub status_line: String,
+    /// The status code (0 when the status line has none).
+    pub status: u16,
+    /// The status line and the header lines.
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The value of header `name` (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then_some(value.trim())
+        })
+    }
+}
+
+/// `GET path` over plain HTTP/1.1 (`Connection: close`), read to EOF.
+pub async fn http_get(addr: SocketAddr, path: &str) -> HttpResponse {
+    let mut stream = within("connect", TcpStream::connect(addr))
+        .await
+        .expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    within("send the request", stream.write_all(request.as_bytes()))
+        .await
+        .expect("send request");
+    let mut response = Vec::new();
+    within("HTTP response", stream.read_to_end(&mut response))
+        .await
+        .expect("read response");
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {:?}", String::from_utf8_lossy(&response)));
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status_line = head.lines().next().unwrap_or_default().to_owned();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    HttpResponse {
+        status_line,
+        status,
+        head,
+        body: response[split + 4..].to_vec(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+
+/// Lines of `reader` on a channel, read by a thread until EOF or an error.
+pub fn lines_of(reader: impl Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The next line containing one of `needles`, or `None` on EOF or after [`STEP`].
+pub fn next_line(lines: &mpsc::Receiver<String>, needles: &[&str]) -> Option<String> {
+    let deadline = Instant::now() + STEP;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        let line = lines.recv_timeout(left).ok()?;
+        if needles.iter().any(|n| line.contains(n)) {
+            return Some(line);
+        }
+    }
+    None
+}
+
+/// Waits (bounded) for a line containing `needle`; returns it.
+pub fn line_containing(lines: &mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + STEP;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(line) => seen.push(line),
+            Err(_) => break,
+        }
+    }
+    panic!("no line containing {needle:?}; saw:\n{}", seen.join("\n"));
 }
 
 /// A child process, killed (SIGKILL) and reaped when dropped.
@@ -269,16 +471,10 @@ impl ChildGuard {
     /// Takes ownership of `child`; a thread waits for it so exits can be awaited with a bound.
     pub fn new(mut child: Child) -> ChildGuard {
         let pid = child.id() as i32;
-        let (line_tx, stderr_lines) = mpsc::channel();
-        if let Some(stderr) = child.stderr.take() {
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if line_tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
+        let stderr_lines = match child.stderr.take() {
+            Some(stderr) => lines_of(stderr),
+            None => mpsc::channel().1,
+        };
         let (exit_tx, exit) = mpsc::channel();
         std::thread::spawn(move || {
             if let Ok(status) = child.wait() {
@@ -295,19 +491,12 @@ impl ChildGuard {
 
     /// Waits (bounded) for a stderr line containing `needle`; returns it.
     pub fn wait_for_line(&self, needle: &str) -> String {
-        let deadline = std::time::Instant::now() + STEP;
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match self.stderr_lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no stderr line containing {needle:?}; saw:\n{}",
-            seen.join("\n")
-        );
+        line_containing(&self.stderr_lines, needle)
+    }
+
+    /// The next stderr line containing one of `needles`, or `None` on EOF or after [`STEP`].
+    pub fn next_line(&self, needles: &[&str]) -> Option<String> {
+        next_line(&self.stderr_lines, needles)
     }
 
     /// Waits (bounded) for the process to exit; returns its status.
@@ -342,32 +531,78 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Runs a blocking wait (a child's line or exit) without stalling the other tasks of a
+/// multi-threaded runtime; elsewhere (a current-thread runtime, a plain test) runs it as is.
+pub fn block<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// Waits for the process to exit on a blocking thread, so the runtime keeps serving the
+/// test's sockets meanwhile; the handle is a future for `stays_pending` and `within`.
+pub fn watch_exit(mut child: ChildGuard) -> JoinHandle<(ChildGuard, ExitStatus)> {
+    tokio::task::spawn_blocking(move || {
+        let status = child.wait_exit();
+        (child, status)
+    })
+}
+
+/// Awaits a [`watch_exit`] handle (bounded), passing a panic in the watcher on.
+pub async fn exited(watch: JoinHandle<(ChildGuard, ExitStatus)>) -> ExitStatus {
+    match within("process exit", watch).await {
+        Ok((_child, status)) => status,
+        Err(err) => std::panic::resume_unwind(err.into_panic()),
+    }
+}
+
 /// Path of the built `websockify` binary.
 pub fn websockify_bin() -> &'static str {
     env!("CARGO_BIN_EXE_websockify")
 }
 
-/// Spawns the binary with `args`, stderr captured line by line.
-pub fn spawn_websockify(args: &[&str]) -> ChildGuard {
-    let child = Command::new(websockify_bin())
+/// The binary with `args`: stdin and stdout on /dev/null, stderr piped, no `RUST_LOG`.
+pub fn websockify(args: &[&str]) -> Command {
+    let mut command = Command::new(websockify_bin());
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .env_remove("RUST_LOG")
-        .spawn()
-        .expect("spawn websockify");
-    ChildGuard::new(child)
+        .env_remove("RUST_LOG");
+    command
+}
+
+/// The binary in inetd "wait" mode (`--inetd <args>`): stdin is a listener on 127.0.0.1:0
+/// that the test bound, so its address is known before the process starts.
+pub fn inetd_websockify(args: &[&str]) -> (Command, SocketAddr) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the inetd listener");
+    let addr = listener.local_addr().expect("inetd listener address");
+    let mut command = websockify(&[&["--inetd"], args].concat());
+    command.stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)));
+    (command, addr)
+}
+
+/// Spawns the binary with `args`, stderr captured line by line.
+pub fn spawn_websockify(args: &[&str]) -> ChildGuard {
+    ChildGuard::new(websockify(args).spawn().expect("spawn websockify"))
+}
+
+/// Spawns the binary and waits (bounded) for its banner; returns it with the address it
+/// reports (port 0 picks one).
+pub fn start_websockify(args: &[&str]) -> (ChildGuard, SocketAddr) {
+    let child = spawn_websockify(args);
+    let addr = listening_addr(&block(|| child.wait_for_line("listening on")));
+    (child, addr)
 }
 
 /// Runs the binary to completion (bounded); returns (exit code, stdout, stderr).
 pub fn run_websockify(args: &[&str]) -> (Option<i32>, String, String) {
-    let child = Command::new(websockify_bin())
-        .args(args)
-        .stdin(Stdio::null())
+    let child = websockify(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env_remove("RUST_LOG")
         .spawn()
         .expect("spawn websockify");
     let pid = child.id() as i32;
@@ -399,14 +634,206 @@ pub fn listening_addr(line: &str) -> SocketAddr {
         .unwrap_or_else(|_| panic!("bad address in {line:?}"))
 }
 
-/// The path of `name` on PATH (or in /usr/sbin, /usr/bin), if installed.
-pub fn find_program(name: &str) -> Option<String> {
-    std::env::var("PATH")
-        .unwrap_or_default()
-        .split(':')
-        .chain(["/usr/sbin", "/usr/bin"])
-        .map(|dir| format!("{dir}/{name}"))
-        .find(|path| std::path::Path::new(path).exists())
+// ---------------------------------------------------------------------------------------------
+// /proc: processes that need not be our children
+
+/// Fields of /proc/PID/stat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcStat {
+    /// `R`, `S`, ..., `Z` (zombie), `X` (dead).
+    pub state: char,
+    pub ppid: i32,
+    pub pgrp: i32,
+    pub session: i32,
+    pub tty_nr: i64,
+    /// When the process started, in clock ticks since boot: with the pid, names one process.
+    pub start_time: u64,
+}
+
+/// /proc/PID/stat, `None` when the process is gone.
+pub fn proc_stat(pid: i32) -> Option<ProcStat> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = text
+        .get(text.rfind(')')? + 2..)?
+        .split_whitespace()
+        .collect();
+    Some(ProcStat {
+        state: fields.first()?.chars().next()?,
+        ppid: fields.get(1)?.parse().ok()?,
+        pgrp: fields.get(2)?.parse().ok()?,
+        session: fields.get(3)?.parse().ok()?,
+        tty_nr: fields.get(4)?.parse().ok()?,
+        start_time: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// Whether `pid` is a live process (neither gone nor a zombie waiting to be reaped).
+pub fn alive(pid: i32) -> bool {
+    proc_stat(pid).is_some_and(|stat| stat.state != 'Z' && stat.state != 'X')
+}
+
+/// The pid and stat of every process.
+pub fn all_processes() -> Vec<(i32, ProcStat)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse().ok()?;
+            Some((pid, proc_stat(pid)?))
+        })
+        .collect()
+}
+
+/// Live descendants of `root`.
+pub fn descendants(root: i32) -> Vec<i32> {
+    let parents: Vec<(i32, i32)> = all_processes()
+        .into_iter()
+        .filter(|(_, stat)| stat.state != 'Z')
+        .map(|(pid, stat)| (pid, stat.ppid))
+        .collect();
+    let mut out = Vec::new();
+    let mut stack = vec![root];
+    while let Some(parent) = stack.pop() {
+        for &(pid, ppid) in &parents {
+            if ppid == parent {
+                out.push(pid);
+                stack.push(pid);
+            }
+        }
+    }
+    out
+}
+
+/// Processes a test started that need not be its children (a daemon, a wrapped program's
+/// tree), killed on drop if still alive: a bug that orphans them must fail the test, not
+/// leave them running. A pid is killed only while it names the same process (same start time).
+pub struct KillOnDrop(Vec<(i32, u64)>);
+
+impl KillOnDrop {
+    pub fn new(pids: &[i32]) -> KillOnDrop {
+        KillOnDrop(
+            pids.iter()
+                .filter_map(|&pid| Some((pid, proc_stat(pid)?.start_time)))
+                .collect(),
+        )
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        for &(pid, started) in &self.0 {
+            if alive(pid) && proc_stat(pid).map(|stat| stat.start_time) == Some(started) {
+                // SAFETY: kill(2) on a process this test started (checked by start time).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates (rcgen)
+
+/// A certificate with its private key, as PEM and DER.
+pub struct Identity {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub cert_der: CertificateDer<'static>,
+}
+
+impl Identity {
+    /// Certificate and key in one PEM file, the way `self.pem` is usually made.
+    pub fn combined_pem(&self) -> String {
+        format!("{}{}", self.cert_pem, self.key_pem)
+    }
+
+    pub fn key_der(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes()).expect("parse generated key")
+    }
+}
+
+/// A self-signed server certificate for `localhost`.
+pub fn self_signed() -> Identity {
+    let key = KeyPair::generate().expect("generate key");
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-sign");
+    Identity {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        cert_der: cert.der().clone(),
+    }
+}
+
+/// A test certificate authority.
+pub struct Ca {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+impl Ca {
+    pub fn new() -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "websockify test CA");
+        let key = KeyPair::generate().expect("generate CA key");
+        Ca {
+            issuer: CertifiedIssuer::self_signed(params, key).expect("self-sign CA"),
+        }
+    }
+
+    pub fn pem(&self) -> String {
+        self.issuer.pem()
+    }
+
+    pub fn der(&self) -> CertificateDer<'static> {
+        self.issuer.der().clone()
+    }
+
+    /// A certificate for `localhost` with commonName `cn`, signed by this CA, for `purpose`
+    /// (a server, or a client presenting it).
+    pub fn issue(&self, cn: &str, purpose: ExtendedKeyUsagePurpose) -> Identity {
+        let key = KeyPair::generate().expect("generate leaf key");
+        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        params.distinguished_name = DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.extended_key_usages = vec![purpose];
+        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
+        Identity {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().clone(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What this machine has
+
+/// Whether this machine has an IPv6 loopback to test with.
+pub fn ipv6_loopback() -> bool {
+    std::net::TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)).is_ok()
+}
+
+/// `name` in /usr/bin, /usr/sbin, /bin, /sbin or on `PATH`, if installed as an executable
+/// file (the system's first: a pyenv shim for python3 is a shell script that costs a
+/// noticeable start-up).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
+        .into_iter()
+        .map(PathBuf::from)
+        .chain(std::env::split_paths(&path))
+        .map(|dir| dir.join(name))
+        .find(|candidate| is_executable(candidate))
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// A missing dependency: fails under WEBSOCKIFY_REQUIRE_ALL=1 (CI), else says it skipped.

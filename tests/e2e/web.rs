@@ -13,12 +13,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use percent_encoding::{NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, KeyPair,
-};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rcgen::{ExtendedKeyUsagePurpose, KeyPair};
+use rustls::pki_types::ServerName;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UnixListener};
@@ -280,18 +276,11 @@ async fn fetch(addr: SocketAddr, method: &str, path: &str, extra: &str) -> Reply
         .await
 }
 
-fn upgrade_request(path: &str, host: &str, extra: &str) -> String {
-    format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    )
-}
-
 /// An upgrade request for `path` on a fresh connection; returns the connection and the answer.
 async fn upgrade(addr: SocketAddr, path: &str, extra: &str) -> (Conn<TcpStream>, Reply) {
     let mut conn = connect(addr).await;
     let reply = conn
-        .request(&upgrade_request(path, &addr.to_string(), extra))
+        .request(&upgrade_request_for(path, &addr.to_string(), extra))
         .await;
     (conn, reply)
 }
@@ -706,7 +695,7 @@ async fn methods_keep_alive_and_upgrade_after_file_requests_on_one_connection() 
             .await;
         assert_eq!(reply.status, status, "{path} on the kept-alive connection");
     }
-    let reply = conn.request(&upgrade_request("/websockify", "x", "")).await;
+    let reply = conn.request(&upgrade_request("x", "")).await;
     assert_switched(&reply, "upgrade after file requests on the same connection");
     conn.ws_echo(b"same port, same connection").await;
 
@@ -715,7 +704,7 @@ async fn methods_keep_alive_and_upgrade_after_file_requests_on_one_connection() 
     let mut burst =
         b"GET /app.js HTTP/1.1\r\nHost: x\r\n\r\nHEAD /data.json HTTP/1.1\r\nHost: x\r\n\r\n"
             .to_vec();
-    burst.extend_from_slice(upgrade_request("/websockify", "x", "").as_bytes());
+    burst.extend_from_slice(upgrade_request("x", "").as_bytes());
     burst.extend_from_slice(&client_frame(0x82, b"pipelined frame"));
     conn.send(&burst).await;
     let first = conn.reply(false).await.expect("first response");
@@ -986,7 +975,7 @@ async fn serves_the_real_novnc_files_with_their_types() {
         assert_eq!(reply.status, 200, "{reply:?}");
     }
     // The page's WebSocket, on the same connection, with noVNC's path.
-    let reply = conn.request(&upgrade_request("/websockify", "x", "")).await;
+    let reply = conn.request(&upgrade_request("x", "")).await;
     assert_switched(&reply, "noVNC's /websockify after its files");
     conn.ws_echo(b"RFB 003.008\n").await;
 }
@@ -1824,9 +1813,7 @@ async fn host_token_takes_the_token_from_the_host_header() {
         ("[::1]:6080", "target-1"),
     ] {
         let mut conn = connect(addr).await;
-        let reply = conn
-            .request(&upgrade_request("/websockify", host, ""))
-            .await;
+        let reply = conn.request(&upgrade_request(host, "")).await;
         assert_switched(&reply, host);
         assert_eq!(conn.ws_line().await, name, "Host: {host}");
         conn.ws_echo(b"by host").await;
@@ -1834,7 +1821,7 @@ async fn host_token_takes_the_token_from_the_host_header() {
     // The Host header wins over a query token.
     let mut conn = connect(addr).await;
     let reply = conn
-        .request(&upgrade_request(
+        .request(&upgrade_request_for(
             "/websockify?token=vnc1.example",
             "other.example",
             "",
@@ -1865,7 +1852,7 @@ async fn the_log_never_contains_the_token() {
     let web = tmp.path().join("www");
     std::fs::create_dir(&web).expect("mkdir");
     write(&web.join("vnc.html"), "<p>vnc</p>");
-    let (child, addr) = start_logged(&[
+    let (child, addr) = start_websockify(&[
         "--verbose",
         "--web",
         path_str(&web),
@@ -1903,24 +1890,14 @@ async fn the_log_never_contains_the_token() {
     assert_no_token(&lines, &[GOOD, UNKNOWN, "bAdLiNeToKeN"]);
 }
 
-/// Spawns the binary (stderr captured) and waits for its banner. Needs a multi-thread runtime.
-fn start_logged(args: &[&str]) -> (ChildGuard, SocketAddr) {
-    let child = spawn_websockify(args);
-    let banner = tokio::task::block_in_place(|| child.wait_for_line("listening on"));
-    let addr = listening_addr(&banner);
-    (child, addr)
-}
-
 /// SIGTERM, wait for the exit, and return every stderr line after the banner.
-async fn stop_and_collect(mut child: ChildGuard) -> Vec<String> {
+async fn stop_and_collect(child: ChildGuard) -> Vec<String> {
     child.signal(libc::SIGTERM);
-    let child = tokio::task::spawn_blocking(move || {
-        let _ = child.wait_exit();
-        child
-    });
-    let child = within("websockify exit", child).await.expect("exit");
+    let (child, _status) = within("websockify exit", watch_exit(child))
+        .await
+        .expect("exit");
     let mut lines = Vec::new();
-    tokio::task::block_in_place(|| {
+    block(|| {
         // Ends when the process's stderr closes (it has exited).
         while let Ok(line) = child.stderr_lines.recv_timeout(STEP) {
             lines.push(line);
@@ -1946,7 +1923,7 @@ async fn api_and_jwt_backends_do_not_log_tokens_either() {
     // BaseTokenAPI: a service that is down, then one that answers garbage.
     let closed = closed_port();
     let down = format!("http://{}/lookup/%s", closed.addr);
-    let (child, addr) = start_logged(&[
+    let (child, addr) = start_websockify(&[
         "-v",
         "--token-plugin",
         "BaseTokenAPI",
@@ -1968,7 +1945,7 @@ async fn api_and_jwt_backends_do_not_log_tokens_either() {
         "not a target".to_owned(),
     )]))
     .await;
-    let (child, addr) = start_logged(&[
+    let (child, addr) = start_websockify(&[
         "-v",
         "--token-plugin",
         "JSONTokenApi",
@@ -1990,7 +1967,7 @@ async fn api_and_jwt_backends_do_not_log_tokens_either() {
     // JWTTokenApi: refused tokens (bad signature, expired) are logged by reason and tag.
     let secret_file = tmp.path().join("hmac.key");
     write(&secret_file, "the-secret");
-    let (child, addr) = start_logged(&[
+    let (child, addr) = start_websockify(&[
         "-v",
         "--token-plugin",
         "JWTTokenApi",
@@ -2139,47 +2116,6 @@ async fn expect_origin_checks_the_origin_exactly() {
     }
 }
 
-/// A test CA and certificates with a chosen commonName.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// PEM certificate, PEM key, DER certificate.
-struct Identity {
-    cert_pem: String,
-    key_pem: String,
-    cert_der: CertificateDer<'static>,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name = DistinguishedName::new();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "websockify test CA");
-        let key = KeyPair::generate().expect("CA key");
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("self-sign CA"),
-        }
-    }
-
-    fn issue(&self, cn: &str, purpose: ExtendedKeyUsagePurpose) -> Identity {
-        let key = KeyPair::generate().expect("leaf key");
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![purpose];
-        let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        Identity {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            cert_der: cert.der().clone(),
-        }
-    }
-}
-
 /// A TLS connection trusting `ca` (SNI `localhost`), presenting `client` if given.
 async fn tls_connect(
     addr: SocketAddr,
@@ -2187,7 +2123,7 @@ async fn tls_connect(
     client: Option<&Identity>,
 ) -> Conn<tokio_rustls::client::TlsStream<TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.issuer.der().clone()).expect("root");
+    roots.add(ca.der()).expect("root");
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -2195,12 +2131,9 @@ async fn tls_connect(
     .expect("versions")
     .with_root_certificates(roots);
     let config = match client {
-        Some(client) => {
-            let key = PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes()).expect("client key");
-            builder
-                .with_client_auth_cert(vec![client.cert_der.clone()], key)
-                .expect("client cert")
-        }
+        Some(client) => builder
+            .with_client_auth_cert(vec![client.cert_der.clone()], client.key_der())
+            .expect("client cert"),
         None => builder.with_no_client_auth(),
     };
     let tcp = within("connect", TcpStream::connect(addr))
@@ -2223,9 +2156,7 @@ async fn tls_upgrade(
     client: &Identity,
 ) -> (Conn<tokio_rustls::client::TlsStream<TcpStream>>, Reply) {
     let mut conn = tls_connect(addr, ca, Some(client)).await;
-    let reply = conn
-        .request(&upgrade_request("/websockify", "localhost", ""))
-        .await;
+    let reply = conn.request(&upgrade_request("localhost", "")).await;
     (conn, reply)
 }
 
@@ -2233,10 +2164,7 @@ async fn tls_upgrade(
 fn server_cert_file(ca: &Ca, dir: &Path) -> PathBuf {
     let server_id = ca.issue("localhost", ExtendedKeyUsagePurpose::ServerAuth);
     let cert_file = dir.join("self.pem");
-    write(
-        &cert_file,
-        format!("{}{}", server_id.cert_pem, server_id.key_pem),
-    );
+    write(&cert_file, server_id.combined_pem());
     cert_file
 }
 
@@ -2259,9 +2187,7 @@ async fn files_and_websocket_over_tls_on_one_port() {
         assert_eq!(reply.media_type(), *media_type);
         assert_eq!(reply.body, *contents);
     }
-    let reply = conn
-        .request(&upgrade_request("/websockify", "localhost", ""))
-        .await;
+    let reply = conn.request(&upgrade_request("localhost", "")).await;
     assert_switched(&reply, "wss after https file requests");
     conn.ws_echo(b"over TLS").await;
     // Plain http:// on the same port still serves files and WebSockets.
@@ -2278,7 +2204,7 @@ async fn client_cert_cn_auth_uses_the_verified_certificate_only() {
     let ca = Ca::new();
     let cert_file = server_cert_file(&ca, tmp.path());
     let ca_file = tmp.path().join("ca.pem");
-    write(&ca_file, ca.issuer.pem());
+    write(&ca_file, ca.pem());
     let mut config = auth_config(echo_server().await, "ClientCertCNAuth", "alice bob");
     config.tls.cert = cert_file;
     config.tls.verify_client = true;

@@ -105,27 +105,6 @@ impl PyServer {
     }
 }
 
-/// `name` in /usr/bin, /usr/sbin or on `PATH` (the system python first: a pyenv shim is a
-/// shell script that costs a noticeable startup).
-fn find_program(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    ["/usr/bin", "/usr/sbin", "/bin", "/sbin"]
-        .into_iter()
-        .map(PathBuf::from)
-        .chain(std::env::split_paths(&path))
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-fn ipv6_available() -> bool {
-    std::net::TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).is_ok()
-}
-
 // ---------------------------------------------------------------------------------------------
 // Starting websockify in wrap mode
 
@@ -164,7 +143,7 @@ impl Wrapped {
             args.extend(program(port));
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let ws = spawn_websockify(&args);
-            match next_line(&ws, &["  - listening on", "cannot listen"]) {
+            match ws.next_line(&["  - listening on", "cannot listen"]) {
                 Some(line) if line.contains("listening on") => Ok(Wrapped { ws, port }),
                 Some(line) if port_was_taken(&line) => Err(line),
                 other => panic!("websockify {args:?} did not start: {other:?}"),
@@ -181,7 +160,7 @@ impl Wrapped {
     fn lines(&self, needles: &[&str]) {
         let mut missing: Vec<&str> = needles.to_vec();
         while !missing.is_empty() {
-            let line = tokio::task::block_in_place(|| next_line(&self.ws, &missing))
+            let line = tokio::task::block_in_place(|| self.ws.next_line(&missing))
                 .unwrap_or_else(|| panic!("no stderr line containing {missing:?}"));
             missing.retain(|needle| !line.contains(needle));
         }
@@ -207,18 +186,6 @@ impl Wrapped {
     fn public_v4(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }
-}
-
-/// The next stderr line containing one of `needles`, or `None` on EOF or after [`STEP`].
-fn next_line(ws: &ChildGuard, needles: &[&str]) -> Option<String> {
-    let deadline = std::time::Instant::now() + STEP;
-    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-        let line = ws.stderr_lines.recv_timeout(left).ok()?;
-        if needles.iter().any(|n| line.contains(n)) {
-            return Some(line);
-        }
-    }
-    None
 }
 
 /// Parses the decimal number right after `marker` in `line`.
@@ -309,85 +276,12 @@ fn socket_inodes(pid: i32) -> HashSet<u64> {
         .collect()
 }
 
-/// `(parent pid, state)` of a process, `None` when it does not exist.
-fn stat(pid: i32) -> Option<(i32, char)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let mut fields = text.get(text.rfind(')')? + 2..)?.split_whitespace();
-    let state = fields.next()?.chars().next()?;
-    let ppid = fields.next()?.parse().ok()?;
-    Some((ppid, state))
-}
-
-/// Whether `pid` is a live process (not gone, not a zombie waiting to be reaped).
-fn alive(pid: i32) -> bool {
-    matches!(stat(pid), Some((_, state)) if state != 'Z' && state != 'X')
-}
-
-/// Live descendants of `root`.
-fn descendants(root: i32) -> Vec<i32> {
-    let mut parents = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        if let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok())
-            && let Some((ppid, state)) = stat(pid)
-            && state != 'Z'
-        {
-            parents.push((pid, ppid));
-        }
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![root];
-    while let Some(parent) = stack.pop() {
-        for &(pid, ppid) in &parents {
-            if ppid == parent {
-                out.push(pid);
-                stack.push(pid);
-            }
-        }
-    }
-    out
-}
-
-/// Processes of a test's program, killed on drop if still alive: a bug that orphans them must
-/// fail the test, not leave them running. A pid is killed only while it names the same process
-/// (same start time).
-struct KillOnDrop(Vec<(i32, u64)>);
-
-impl KillOnDrop {
-    fn new(pids: &[i32]) -> KillOnDrop {
-        KillOnDrop(
-            pids.iter()
-                .filter_map(|&pid| Some((pid, start_time(pid)?)))
-                .collect(),
-        )
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        for &(pid, started) in &self.0 {
-            if alive(pid) && start_time(pid) == Some(started) {
-                // SAFETY: kill(2) on a process this test started (checked by start time).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        }
-    }
-}
-
-/// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
-fn start_time(pid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = text.get(text.rfind(')')? + 2..)?;
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
 /// Children of `parent` that exited and were not reaped.
 fn zombie_children(parent: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
+    all_processes()
         .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
-        .filter(|&pid| stat(pid) == Some((parent, 'Z')))
+        .filter(|(_, stat)| stat.ppid == parent && stat.state == 'Z')
+        .map(|(pid, _)| pid)
         .collect()
 }
 
@@ -502,13 +396,6 @@ async fn assert_unreachable_from_outside(port: u16) {
 // ---------------------------------------------------------------------------------------------
 // WebSocket side
 
-/// Opens a WebSocket session through websockify at `addr`.
-async fn ws_open(addr: SocketAddr) -> TcpStream {
-    let (stream, head) = raw_upgrade(addr, "").await;
-    assert!(head.starts_with("HTTP/1.1 101"), "upgrade refused: {head}");
-    stream
-}
-
 /// Reads data frames until `needle` has arrived; returns everything read. Fails on a close.
 async fn read_until(stream: &mut TcpStream, needle: &[u8]) -> Vec<u8> {
     let mut data = Vec::new();
@@ -562,7 +449,7 @@ async fn ws_send_close(stream: &mut TcpStream) {
 
 /// Greets through a session and checks the echo: the program is reached through the proxy.
 async fn assert_python_session(addr: SocketAddr) {
-    let mut stream = ws_open(addr).await;
+    let mut stream = session(addr).await;
     read_until(&mut stream, GREETING).await;
     ws_send(&mut stream, b"through the proxy").await;
     read_until(&mut stream, b"through the proxy").await;
@@ -600,7 +487,7 @@ async fn moves_a_server_to_loopback(family: &str) {
 
     // Data flows, over IPv4 and (dual-stack listener) IPv6.
     assert_python_session(server.public_v4()).await;
-    if ipv6_available() {
+    if ipv6_loopback() {
         assert_python_session(SocketAddr::from((Ipv6Addr::LOCALHOST, server.port))).await;
     }
 }
@@ -612,7 +499,7 @@ async fn moves_a_server_binding_ipv4_any_to_loopback_and_proxies_to_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moves_a_server_binding_ipv6_any_to_loopback_and_proxies_to_it() {
-    if !ipv6_available() {
+    if !ipv6_loopback() {
         eprintln!("skipped: no IPv6 loopback");
         return;
     }
@@ -703,7 +590,7 @@ impl Telnet {
 
 /// Runs the telnet dialogue through a WebSocket session until the login prompt.
 async fn telnet_login_prompt(addr: SocketAddr) {
-    let mut stream = ws_open(addr).await;
+    let mut stream = session(addr).await;
     let mut telnet = Telnet::default();
     within("telnet negotiation and login prompt", async {
         while !contains(&telnet.text, b"login:") {
@@ -818,7 +705,7 @@ async fn proxies_xtigervnc_in_ignore_mode_and_stops_it_on_sigterm() {
     let _cleanup = KillOnDrop::new(&[xpid]);
 
     // The RFB banner arrives through the proxy.
-    let mut stream = ws_open(server.public_v4()).await;
+    let mut stream = session(server.public_v4()).await;
     let banner = read_until(&mut stream, b"\n").await;
     assert_eq!(banner, b"RFB 003.008\n");
     ws_close(stream).await;
@@ -826,7 +713,7 @@ async fn proxies_xtigervnc_in_ignore_mode_and_stops_it_on_sigterm() {
     // Xtigervnc asked for every address (-localhost=0, IPv4 and IPv6); it got loopback only.
     assert_public_port_held_only_by_websockify(server.ws.pid, server.port);
     let addrs = assert_listens_only_on_loopback(&[xpid], &[server.port, moved], moved);
-    if ipv6_available() {
+    if ipv6_loopback() {
         assert!(
             addrs.contains(&SocketAddr::from((Ipv6Addr::LOCALHOST, moved))),
             "the IPv6 listener moved to [::1]: {addrs:?}"
@@ -910,9 +797,8 @@ async fn respawn_mode_throttles_a_failing_program_to_three_starts_per_ten_second
         server.started_pid();
         server.line("wrapped program exited (status 1)");
     }
-    let line = tokio::task::block_in_place(|| {
-        next_line(&server.ws, &["Starting '", "respawning too fast"])
-    });
+    let line =
+        tokio::task::block_in_place(|| server.ws.next_line(&["Starting '", "respawning too fast"]));
     assert!(
         line.as_deref()
             .is_some_and(|l| l.contains("respawning too fast")),
@@ -938,7 +824,7 @@ async fn sigterm_does_not_wait_for_a_session_still_waiting_for_the_program() {
         |_| vec!["sleep".into(), "60".into()],
     );
     server.started_pid();
-    let mut stream = ws_open(server.public_v4()).await;
+    let mut stream = session(server.public_v4()).await;
     server.line("wrapped program not listening yet: waiting for it");
 
     let sent = std::time::Instant::now();
@@ -1068,7 +954,7 @@ fn an_existing_ld_preload_is_kept_after_rebind() {
         let ws = ChildGuard::new(child);
         // The program's own line, not the banner that quotes its command.
         loop {
-            match next_line(&ws, &["preload=", "cannot listen"]) {
+            match ws.next_line(&["preload=", "cannot listen"]) {
                 Some(line) if line.starts_with("preload=") => return Ok((ws, line)),
                 Some(line) if port_was_taken(&line) => return Err(line),
                 Some(_) => {}
@@ -1136,7 +1022,7 @@ async fn a_second_signal_still_stops_the_program() {
     server.moved_port();
     let _cleanup = KillOnDrop::new(&[program]);
     // An open session makes the first signal wait (drain) instead of exiting at once.
-    let mut stream = ws_open(server.public_v4()).await;
+    let mut stream = session(server.public_v4()).await;
     read_until(&mut stream, GREETING).await;
 
     server.ws.signal(libc::SIGINT);
@@ -1188,7 +1074,7 @@ async fn a_client_arriving_before_the_program_listens_waits_for_it() {
         |p| py.argv(p, "4", &["--delay=1"]),
     );
     // Straight after the banner: the program sleeps a second before it binds.
-    let mut stream = ws_open(server.public_v4()).await;
+    let mut stream = session(server.public_v4()).await;
     read_until(&mut stream, GREETING).await;
     ws_send(&mut stream, b"late but there").await;
     read_until(&mut stream, b"late but there").await;
