@@ -171,9 +171,14 @@ struct TlsArgs {
     /// PEM private key, when it is not in the --cert file
     #[arg(long, value_name = "KEY")]
     key: Option<String>,
-    /// Password of an encrypted private key
+    /// Password of an encrypted private key (visible in ps: prefer --key-password-file or
+    /// the WEBSOCKIFY_KEY_PASSWORD environment variable)
     #[arg(long, value_name = "KEY_PASSWORD")]
     key_password: Option<String>,
+    /// Read the --key password from FILE (one trailing newline is ignored); --key-password
+    /// wins over it, and it wins over WEBSOCKIFY_KEY_PASSWORD
+    #[arg(long, value_name = "FILE")]
+    key_password_file: Option<String>,
     /// Refuse clients that do not use TLS
     #[arg(long)]
     ssl_only: bool,
@@ -218,7 +223,8 @@ struct WebArgs {
     /// Check each connection with the auth plugin CLASS, e.g. BasicHTTPAuth
     #[arg(long, value_name = "CLASS")]
     auth_plugin: Option<String>,
-    /// Argument for the auth plugin
+    /// Argument for the auth plugin; for BasicHTTPAuth USER:PASSWORD, or @FILE to read that
+    /// line from FILE (kept out of ps)
     #[arg(long, value_name = "ARG")]
     auth_source: Option<String>,
     /// Only browsers on these origins may connect (space- or comma-separated,
@@ -828,6 +834,7 @@ fn build(cli: Cli, wrap: bool) -> Result<Settings, UsageError> {
     config.tls.cert = PathBuf::from(tls.cert);
     config.tls.key = given(tls.key).map(PathBuf::from);
     config.tls.key_password = given(tls.key_password);
+    config.tls.key_password_file = given(tls.key_password_file).map(PathBuf::from);
     config.tls.ssl_only = tls.ssl_only;
     config.tls.min_version = tls.ssl_version.into();
     config.tls.ciphers = given(tls.ssl_ciphers);

@@ -188,6 +188,8 @@ pub struct TlsSettings {
     pub key: Option<PathBuf>,
     /// Password of an encrypted PKCS#8 key (`--key-password`).
     pub key_password: Option<String>,
+    /// File holding that password (`--key-password-file`); read by [`crate::secrets::resolve`].
+    pub key_password_file: Option<PathBuf>,
     /// Refuse plain connections (`--ssl-only`).
     pub ssl_only: bool,
     /// `--ssl-version`.
@@ -220,6 +222,7 @@ impl Default for TlsSettings {
             cert: PathBuf::from("self.pem"),
             key: None,
             key_password: None,
+            key_password_file: None,
             ssl_only: false,
             min_version: SslVersion::Default,
             ciphers: None,
@@ -291,6 +294,7 @@ impl Settings {
         for path in [
             server.tls.key.as_mut(),
             server.tls.cafile.as_mut(),
+            server.tls.key_password_file.as_mut(),
             server.target_tls.ca.as_mut(),
             server.target_tls.cert.as_mut(),
             server.target_tls.key.as_mut(),
