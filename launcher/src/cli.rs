@@ -14,8 +14,8 @@ use clap::{Arg, ArgAction, Args, Command, CommandFactory, FromArgMatches, Parser
 
 use crate::client::TrustedProxies;
 use crate::config::{
-    AuthSettings, Config, Listen, MetricsListen, Settings, SslVersion, Target, TokenSettings,
-    WebSettings, WrapMode, WrapSettings,
+    AuthSettings, Config, Listen, MetricsListen, Settings, SslVersion, Target, TargetTlsSettings,
+    TokenSettings, WebSettings, WrapMode, WrapSettings,
 };
 use crate::logging::{LogFormat, LogSettings};
 use crate::proxy_header;
@@ -138,6 +138,25 @@ struct TargetArgs {
     /// Connect to the target over TLS, checking its certificate against the system roots
     #[arg(long)]
     ssl_target: bool,
+    /// Trust the CA certificates in FILE (PEM) for the target instead of the system roots;
+    /// implies --ssl-target
+    #[arg(long, value_name = "FILE")]
+    ssl_target_ca: Option<String>,
+    /// Do not verify the target's certificate at all (a warning is logged at start-up);
+    /// implies --ssl-target
+    #[arg(long)]
+    ssl_target_insecure: bool,
+    /// Server name to send to the target (SNI) and to verify its certificate against
+    /// [default: the target host]; implies --ssl-target
+    #[arg(long, value_name = "NAME")]
+    ssl_target_sni: Option<String>,
+    /// Client certificate chain (PEM) to present to the target; needs --ssl-target-key,
+    /// implies --ssl-target
+    #[arg(long, value_name = "FILE")]
+    ssl_target_cert: Option<String>,
+    /// Private key (unencrypted PEM) of --ssl-target-cert
+    #[arg(long, value_name = "FILE")]
+    ssl_target_key: Option<String>,
     /// When the wrapped program exits: exit, ignore or respawn
     #[arg(long, value_name = "MODE", default_value = "exit", value_parser = choice::<WrapChoice>("--wrap-mode"))]
     wrap_mode: WrapChoice,
@@ -152,9 +171,14 @@ struct TlsArgs {
     /// PEM private key, when it is not in the --cert file
     #[arg(long, value_name = "KEY")]
     key: Option<String>,
-    /// Password of an encrypted private key
+    /// Password of an encrypted private key (visible in ps: prefer --key-password-file or
+    /// the WEBSOCKIFY_KEY_PASSWORD environment variable)
     #[arg(long, value_name = "KEY_PASSWORD")]
     key_password: Option<String>,
+    /// Read the --key password from FILE (one trailing newline is ignored); --key-password
+    /// wins over it, and it wins over WEBSOCKIFY_KEY_PASSWORD
+    #[arg(long, value_name = "FILE")]
+    key_password_file: Option<String>,
     /// Refuse clients that do not use TLS
     #[arg(long)]
     ssl_only: bool,
@@ -199,7 +223,8 @@ struct WebArgs {
     /// Check each connection with the auth plugin CLASS, e.g. BasicHTTPAuth
     #[arg(long, value_name = "CLASS")]
     auth_plugin: Option<String>,
-    /// Argument for the auth plugin
+    /// Argument for the auth plugin; for BasicHTTPAuth USER:PASSWORD, or @FILE to read that
+    /// line from FILE (kept out of ps)
     #[arg(long, value_name = "ARG")]
     auth_source: Option<String>,
     /// Only browsers on these origins may connect (space- or comma-separated,
@@ -650,6 +675,50 @@ fn octal(text: &str) -> Option<u32> {
         .filter(|_| !digits.starts_with(['+', '-']))
 }
 
+/// `--ssl-target-*`: each implies `--ssl-target`; contradictions are usage errors.
+fn target_tls(t: &TargetArgs) -> Result<TargetTlsSettings, UsageError> {
+    let file = |value: &Option<String>| given(value.clone()).map(PathBuf::from);
+    let settings = TargetTlsSettings {
+        ca: file(&t.ssl_target_ca),
+        insecure: t.ssl_target_insecure,
+        sni: given(t.ssl_target_sni.clone()),
+        cert: file(&t.ssl_target_cert),
+        key: file(&t.ssl_target_key),
+    };
+    if settings.insecure && settings.ca.is_some() {
+        return Err(UsageError::new(
+            "--ssl-target-insecure and --ssl-target-ca contradict each other; use one",
+        ));
+    }
+    match (&settings.cert, &settings.key) {
+        (Some(_), None) => {
+            return Err(UsageError::new(
+                "--ssl-target-cert needs --ssl-target-key (the client certificate's private key)",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(UsageError::new(
+                "--ssl-target-key needs --ssl-target-cert (the client certificate)",
+            ));
+        }
+        _ => {}
+    }
+    if let Some(name) = &settings.sni
+        && crate::tls::server_name(name).is_err()
+    {
+        return Err(UsageError::new(format!(
+            "option --ssl-target-sni: {} is not a DNS name or IP address",
+            py_repr(name)
+        )));
+    }
+    if given(t.unix_target.clone()).is_some() && settings != TargetTlsSettings::default() {
+        return Err(UsageError::new(
+            "the --ssl-target-* options need a TCP target; --unix-target connections do not use TLS",
+        ));
+    }
+    Ok(settings)
+}
+
 /// Upstream's checks after `parse_args()`, in upstream's order.
 fn build(cli: Cli, wrap: bool) -> Result<Settings, UsageError> {
     let Cli {
@@ -734,6 +803,7 @@ fn build(cli: Cli, wrap: bool) -> Result<Settings, UsageError> {
         }
     };
 
+    let target_tls = target_tls(&t)?;
     let unix_target = given(t.unix_target);
     let target = if let Some(path) = &unix_target {
         Target::Unix(PathBuf::from(path))
@@ -764,12 +834,14 @@ fn build(cli: Cli, wrap: bool) -> Result<Settings, UsageError> {
     config.tls.cert = PathBuf::from(tls.cert);
     config.tls.key = given(tls.key).map(PathBuf::from);
     config.tls.key_password = given(tls.key_password);
+    config.tls.key_password_file = given(tls.key_password_file).map(PathBuf::from);
     config.tls.ssl_only = tls.ssl_only;
     config.tls.min_version = tls.ssl_version.into();
     config.tls.ciphers = given(tls.ssl_ciphers);
     config.tls.verify_client = tls.verify_client;
     config.tls.cafile = given(tls.cafile).map(PathBuf::from);
-    config.ssl_target = t.ssl_target;
+    config.ssl_target = t.ssl_target || target_tls != TargetTlsSettings::default();
+    config.target_tls = target_tls;
     config.heartbeat = secs(life.heartbeat);
     config.run_once = life.run_once;
     config.timeout = secs(life.timeout);
@@ -971,7 +1043,9 @@ mod tests {
     fn rejects_ambiguous_prefixes_like_optparse() {
         assert_eq!(
             error("--s 6080 h:1"),
-            "ambiguous option: --s (--shutdown-delay, --ssl-ciphers, --ssl-only, --ssl-target, --ssl-version, --syslog?)"
+            "ambiguous option: --s (--shutdown-delay, --ssl-ciphers, --ssl-only, --ssl-target, \
+             --ssl-target-ca, --ssl-target-cert, --ssl-target-insecure, --ssl-target-key, \
+             --ssl-target-sni, --ssl-version, --syslog?)"
         );
         assert_eq!(
             error("--he"),
@@ -1168,6 +1242,50 @@ mod tests {
                 .tls
                 .ssl_only
         );
+    }
+
+    #[test]
+    fn ssl_target_options_imply_ssl_target_and_refuse_contradictions() {
+        let o = run("--ssl-target-ca ca.pem --ssl-target-sni vnc.internal 6080 h:1");
+        assert!(o.server.ssl_target);
+        let t = &o.server.target_tls;
+        assert_eq!(t.ca, Some(PathBuf::from("ca.pem")));
+        assert_eq!(t.sni.as_deref(), Some("vnc.internal"));
+        assert!(run("--ssl-target-insecure 6080 h:1").server.ssl_target);
+        let o = run("--ssl-target-cert c.pem --ssl-target-key k.pem 6080 h:1");
+        assert!(o.server.ssl_target);
+        assert_eq!(o.server.target_tls.key, Some(PathBuf::from("k.pem")));
+        // The prefix of --ssl-target is still --ssl-target itself.
+        let o = run("--ssl-target 6080 h:1");
+        assert!(o.server.ssl_target);
+        assert_eq!(o.server.target_tls, TargetTlsSettings::default());
+        assert!(!run("6080 h:1").server.ssl_target);
+
+        let cases = [
+            (
+                "--ssl-target-cert c.pem 6080 h:1",
+                "--ssl-target-cert needs --ssl-target-key (the client certificate's private key)",
+            ),
+            (
+                "--ssl-target-key k.pem 6080 h:1",
+                "--ssl-target-key needs --ssl-target-cert (the client certificate)",
+            ),
+            (
+                "--ssl-target-insecure --ssl-target-ca ca.pem 6080 h:1",
+                "--ssl-target-insecure and --ssl-target-ca contradict each other; use one",
+            ),
+            (
+                "--ssl-target-sni=a..b 6080 h:1",
+                "option --ssl-target-sni: 'a..b' is not a DNS name or IP address",
+            ),
+            (
+                "--ssl-target-ca ca.pem --unix-target /s 6080",
+                "the --ssl-target-* options need a TCP target; --unix-target connections do not use TLS",
+            ),
+        ];
+        for (line, message) in cases {
+            assert_eq!(error(line), message, "{line}");
+        }
     }
 
     #[test]

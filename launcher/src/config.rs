@@ -60,6 +60,8 @@ pub struct Config {
     pub tls: TlsSettings,
     /// Wrap the target connection in TLS (`--ssl-target`).
     pub ssl_target: bool,
+    /// How the TLS target is checked, and the client certificate (`--ssl-target-*`).
+    pub target_tls: TargetTlsSettings,
     /// Send a ping every interval and drop peers that answer none for three (`--heartbeat`).
     pub heartbeat: Option<Duration>,
     /// Handle one WebSocket session, then exit (`--run-once`).
@@ -186,6 +188,8 @@ pub struct TlsSettings {
     pub key: Option<PathBuf>,
     /// Password of an encrypted PKCS#8 key (`--key-password`).
     pub key_password: Option<String>,
+    /// File holding that password (`--key-password-file`); read by [`crate::secrets::resolve`].
+    pub key_password_file: Option<PathBuf>,
     /// Refuse plain connections (`--ssl-only`).
     pub ssl_only: bool,
     /// `--ssl-version`.
@@ -198,12 +202,27 @@ pub struct TlsSettings {
     pub cafile: Option<PathBuf>,
 }
 
+/// Client-side TLS to the target; used only with `ssl_target`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetTlsSettings {
+    /// Trust these CAs instead of the system roots (`--ssl-target-ca`).
+    pub ca: Option<PathBuf>,
+    /// Accept any certificate (`--ssl-target-insecure`).
+    pub insecure: bool,
+    /// Server name to send and verify instead of the target host (`--ssl-target-sni`).
+    pub sni: Option<String>,
+    /// Client certificate chain and its key (`--ssl-target-cert`, `--ssl-target-key`).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
 impl Default for TlsSettings {
     fn default() -> Self {
         TlsSettings {
             cert: PathBuf::from("self.pem"),
             key: None,
             key_password: None,
+            key_password_file: None,
             ssl_only: false,
             min_version: SslVersion::Default,
             ciphers: None,
@@ -225,6 +244,7 @@ impl Config {
             target,
             tls: TlsSettings::default(),
             ssl_target: false,
+            target_tls: TargetTlsSettings::default(),
             heartbeat: None,
             run_once: false,
             timeout: None,
@@ -274,6 +294,10 @@ impl Settings {
         for path in [
             server.tls.key.as_mut(),
             server.tls.cafile.as_mut(),
+            server.tls.key_password_file.as_mut(),
+            server.target_tls.ca.as_mut(),
+            server.target_tls.cert.as_mut(),
+            server.target_tls.key.as_mut(),
             server.record.as_mut(),
             web,
             unix_listen,

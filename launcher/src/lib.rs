@@ -59,6 +59,7 @@ pub mod record;
 pub mod relay;
 pub mod request;
 pub mod response;
+pub mod secrets;
 pub mod server;
 pub mod sniff;
 pub mod state;

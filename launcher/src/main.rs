@@ -34,6 +34,10 @@ fn main() -> ExitCode {
     if let Err(err) = settings.make_paths_absolute() {
         return fail(None, &err);
     }
+    // Before detaching and before --user: the files may be readable by root only.
+    if let Err(err) = websockify::secrets::resolve(&mut settings) {
+        return fail(None, &err);
+    }
     // Detach before logging, the runtime, or any thread exists.
     let daemon = if settings.daemon {
         let dir = settings

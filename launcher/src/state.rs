@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
-use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Auth;
@@ -15,7 +14,7 @@ use crate::config::Config;
 use crate::limits::Limits;
 use crate::metrics::Readiness;
 use crate::record::Recorder;
-use crate::tls::{self, TlsServer};
+use crate::tls::{TargetTls, TlsServer};
 use crate::token::Tokens;
 use crate::web::WebRoot;
 
@@ -32,7 +31,7 @@ pub struct Shared {
     /// `--record`: hands out one recording per session.
     pub recorder: Option<Recorder>,
     /// `--ssl-target`: the TLS client for targets.
-    pub target_tls: Option<TlsConnector>,
+    pub target_tls: Option<TargetTls>,
     /// `--max-connections`, `--max-connections-per-ip`, and what is open now.
     pub limits: Arc<Limits>,
     /// Set on SIGINT/SIGTERM: `/readyz` says 503 while open sessions drain.
@@ -53,7 +52,12 @@ impl Shared {
             tracing::warn!("TLS connections will fail until this is fixed: {err}");
         }
         let target_tls = if config.ssl_target {
-            Some(tls::target_connector().context("--ssl-target")?)
+            let target_tls = TargetTls::new(&config.target_tls).context("--ssl-target")?;
+            tracing::info!(
+                "TLS to the target: {}",
+                TargetTls::describe(&config.target_tls)
+            );
+            Some(target_tls)
         } else {
             None
         };

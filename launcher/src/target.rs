@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 
 use crate::config::Target;
 use crate::proxy_header;
 use crate::stream::TargetStream;
+use crate::tls::TargetTls;
 
 /// Why the target could not be reached; logged, and the client gets close 1011.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,15 @@ pub enum ConnectError {
     Timeout(Duration),
     #[error("TLS handshake with {host} failed: {source}")]
     Tls { host: String, source: io::Error },
+    #[error(
+        "TLS certificate verification failed for {host} (server name {name}): {detail}; \
+         trust its CA with --ssl-target-ca FILE, or name the certificate with --ssl-target-sni NAME"
+    )]
+    TlsVerify {
+        host: String,
+        name: String,
+        detail: String,
+    },
     #[error("{0}")]
     ServerName(String),
     #[error("cannot send the PROXY header: {0}")]
@@ -37,10 +46,10 @@ pub enum ConnectError {
 pub type ProxyHeader = Option<(proxy_header::Version, Option<SocketAddr>)>;
 
 /// Connects to `target`; writes the PROXY header if asked; with `tls`, runs a TLS client
-/// handshake over TCP (SNI = host).
+/// handshake over TCP (SNI = `--ssl-target-sni`, else the host).
 pub async fn connect(
     target: &Target,
-    tls: Option<&TlsConnector>,
+    tls: Option<&TargetTls>,
     proxy: ProxyHeader,
     deadline: Duration,
 ) -> Result<TargetStream, ConnectError> {
@@ -70,15 +79,18 @@ pub async fn connect(
                 send_proxy_header(&mut tcp, proxy, destination).await?;
                 match tls {
                     None => Ok(TargetStream::Tcp(tcp)),
-                    Some(connector) => {
-                        let name = crate::tls::server_name(host)
-                            .map_err(|e| ConnectError::ServerName(e.to_string()))?;
-                        let stream = connector.connect(name, tcp).await.map_err(|source| {
-                            ConnectError::Tls {
-                                host: host.clone(),
-                                source,
-                            }
-                        })?;
+                    Some(tls) => {
+                        let name = match &tls.sni {
+                            Some(name) => name.clone(),
+                            None => crate::tls::server_name(host)
+                                .map_err(|e| ConnectError::ServerName(e.to_string()))?,
+                        };
+                        let shown = name.to_str().into_owned();
+                        let stream = tls
+                            .connector
+                            .connect(name, tcp)
+                            .await
+                            .map_err(|source| tls_error(host, shown, source))?;
                         Ok(TargetStream::Tls(Box::new(stream)))
                     }
                 }
@@ -88,6 +100,25 @@ pub async fn connect(
     tokio::time::timeout_at(until, attempt)
         .await
         .map_err(|_| ConnectError::Timeout(deadline))?
+}
+
+/// A failed client handshake; a certificate the target presented but we refused gets its own
+/// message, since the fix is in our options rather than in the target.
+fn tls_error(host: &str, name: String, source: io::Error) -> ConnectError {
+    let rustls_error = source
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    match rustls_error {
+        Some(err @ rustls::Error::InvalidCertificate(_)) => ConnectError::TlsVerify {
+            host: host.to_owned(),
+            name,
+            detail: err.to_string(),
+        },
+        _ => ConnectError::Tls {
+            host: host.to_owned(),
+            source,
+        },
+    }
 }
 
 /// Writes the PROXY header (if any) naming the client and `destination` (the target's side).

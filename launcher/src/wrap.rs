@@ -233,6 +233,7 @@ impl Wrapper {
             .env("REBIND_OLD_PORT", self.public_port.to_string())
             .env("REBIND_NEW_PORT", self.loopback_port.to_string())
             .env_remove(crate::daemon::STAGE_ENV)
+            .env_remove(crate::secrets::KEY_PASSWORD_ENV)
             .process_group(0)
             .spawn()
             .with_context(|| format!("cannot start {:?}", self.command[0]))?;

@@ -6,6 +6,8 @@ mod cli;
 mod hardening;
 mod ops;
 mod proxy;
+mod secrets;
+mod target_tls;
 mod tls;
 mod util;
 mod web;
