@@ -1,6 +1,7 @@
 //! The `JWTTokenApi` back-end: the token is a signed JWT whose `host`/`port` claims are the
 //! target, verified with the key file given as the source (PEM public or private key, or an
-//! HMAC secret read as upstream's jwcrypto reads it).
+//! HMAC secret read as upstream's jwcrypto reads it). An encrypted token (JWE) is decrypted with
+//! the same key file by `jwe.rs` first, and its content must be such a signed JWT.
 
 use std::path::Path;
 
@@ -11,6 +12,7 @@ use serde_json::{Map, Value};
 use tracing::warn;
 
 use super::error::{TokenError, token_tag};
+use super::jwe::{self, JweKey};
 use super::read::read_regular_file;
 use super::value::target_from_json;
 use crate::config::Target;
@@ -18,9 +20,15 @@ use crate::config::Target;
 /// Largest JWT key file read: a PEM key or secret is a few KiB.
 const MAX_KEY_FILE_BYTES: u64 = 1024 * 1024;
 
-/// Verification keys read once from the key file, with the algorithms each may check.
+/// Shortest HMAC secret that does not draw a start-up warning: RFC 7518 3.2 wants a key at
+/// least as long as the hash output (32 bytes for HS256).
+const MIN_HMAC_SECRET_BYTES: usize = 32;
+
+/// Verification keys read once from the key file, with the algorithms each may check, and the
+/// key that decrypts JWE tokens.
 pub(super) struct JwtKeys {
     keys: Vec<(DecodingKey, Vec<Algorithm>)>,
+    decryption: JweKey,
 }
 
 const RSA_ALGORITHMS: &[Algorithm] = &[
@@ -50,7 +58,10 @@ impl JwtKeys {
             let key = pem_key(label, &bytes).with_context(|| {
                 format!("--token-source={shown}: cannot use the PEM key ({label})")
             })?;
-            return Ok(JwtKeys { keys: vec![key] });
+            return Ok(JwtKeys {
+                keys: vec![key],
+                decryption: pem_decryption_key(label, &bytes),
+            });
         }
         let text = std::str::from_utf8(&bytes).with_context(|| {
             format!("--token-source={shown}: the HMAC secret is not UTF-8 text")
@@ -59,15 +70,21 @@ impl JwtKeys {
         if raw.is_empty() {
             bail!("--token-source={shown}: the JWT key file is empty");
         }
-        let mut keys = Vec::new();
+        let mut secrets = Vec::new();
         if let Some(secret) = jwk_k_secret(raw) {
-            keys.push((DecodingKey::from_secret(&secret), HMAC_ALGORITHMS.to_vec()));
+            warn_if_short(&shown, "read as base64url, as upstream does", &secret);
+            secrets.push(secret);
         }
-        keys.push((
-            DecodingKey::from_secret(raw.as_bytes()),
-            HMAC_ALGORITHMS.to_vec(),
-        ));
-        Ok(JwtKeys { keys })
+        warn_if_short(&shown, "its text", raw.as_bytes());
+        secrets.push(raw.as_bytes().to_vec());
+        let keys = secrets
+            .iter()
+            .map(|secret| (DecodingKey::from_secret(secret), HMAC_ALGORITHMS.to_vec()))
+            .collect();
+        Ok(JwtKeys {
+            keys,
+            decryption: JweKey::Secrets(secrets),
+        })
     }
 
     /// Expired, not yet valid, badly signed or otherwise unusable tokens are unknown tokens
@@ -82,11 +99,25 @@ impl JwtKeys {
         }
     }
 
-    /// The target of a valid token, or why the token is refused.
+    /// The target of a valid token, or why the token is refused. A JWE is decrypted first and
+    /// its content verified as a signed JWT with the same key file, as upstream does; unlike
+    /// upstream, content that is itself a JWE is refused (it would carry no signature).
     fn verify(&self, token: &str) -> Result<Target, String> {
-        if is_jwe(token) {
-            return Err("encrypted JWE tokens are not supported".into());
+        if !is_jwe(token) {
+            return self.verify_signed(token);
         }
+        let content = jwe::decrypt(token, &self.decryption)?;
+        let inner = String::from_utf8(content)
+            .map_err(|_| "the JWE's content is not a signed JWT (not UTF-8)".to_string())?;
+        if is_jwe(&inner) {
+            return Err("the JWE's content is another JWE, not a signed JWT".into());
+        }
+        self.verify_signed(&inner)
+            .map_err(|reason| format!("the JWE's inner JWT: {reason}"))
+    }
+
+    /// The target of a valid signed token (JWS), or why it is refused.
+    fn verify_signed(&self, token: &str) -> Result<Target, String> {
         let mut failure = "malformed token";
         for (key, algorithms) in &self.keys {
             let mut validation = Validation::default();
@@ -141,6 +172,33 @@ fn is_jwe(token: &str) -> bool {
         .ok()
         .and_then(|bytes| serde_json::from_slice::<Map<String, Value>>(&bytes).ok())
         .is_some_and(|header| header.contains_key("enc"))
+}
+
+/// Warns at start-up about an HMAC secret shorter than RFC 7518 asks for HS256: such a secret
+/// can be brute-forced from any token signed with it.
+fn warn_if_short(shown: &std::path::Display<'_>, reading: &str, secret: &[u8]) {
+    if secret.len() < MIN_HMAC_SECRET_BYTES {
+        warn!(
+            "--token-source={shown}: the JWT HMAC secret ({reading}) is only {} bytes; use at \
+             least {MIN_HMAC_SECRET_BYTES} random bytes, e.g. `openssl rand -base64 32`",
+            secret.len()
+        );
+    }
+}
+
+/// The key that decrypts JWE tokens, from a PEM file that `pem_key` accepted.
+fn pem_decryption_key(label: &str, bytes: &[u8]) -> JweKey {
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject as _;
+    if !matches!(label, "PRIVATE KEY" | "RSA PRIVATE KEY") {
+        return JweKey::Other("a public key (JWE decryption needs the private key)");
+    }
+    PrivateKeyDer::from_pem_slice(bytes)
+        .ok()
+        .and_then(|der| JweKey::from_private_der(&der))
+        .unwrap_or(JweKey::Other(
+            "an Ed25519 key (no JWE key management uses it)",
+        ))
 }
 
 /// The label of the first PEM block (`PUBLIC KEY`, ...), if the file is PEM.
@@ -538,23 +596,269 @@ MCowBQYDK2VwAyEASGNu7aysNPI+5trjAC4iPd97e+/kR4tayZXF1H9bt2g=\n\
         }
     }
 
+    /// Secret key files for the JWE vectors (base64url, as upstream reads them): 16, 32 and 64
+    /// bytes. The 16-byte one is RFC 7516 appendix A.3's key.
+    const SECRET_16: &str = "GawgguFyGrWKav7AX4VKUg";
+    const SECRET_32: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+    const SECRET_64: &str =
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0-Pw";
+
+    /// JWE tokens made by jwcrypto 1.6.1 (upstream's library, with
+    /// tests/e2e/jwcrypto_tokens.py) for the key files above, each wrapping a JWT signed with the
+    /// same key whose claims are `{"host": "remote_host", "port": 5900}` (no exp).
+    fn jwcrypto_vectors() -> Vec<(&'static str, &'static str)> {
+        vec![
+            // RSA-OAEP + A256GCM, inner RS256
+            (
+                RSA_PRIVATE_PKCS1,
+                "eyJhbGciOiJSU0EtT0FFUCIsImVuYyI6IkEyNTZHQ00ifQ.thewAnlexu0pYDH2FrCVgQwzHjs5Cp-4XyvCVCMTf1jf2q6r63GKCZ0O6o1l01ksPi6cZ0xD6D0lgsQX2oParozbYVi6D1spHR5zzgGS0FPcYGUA2azkVq99W90IdW_H00YvgxAZDo13r-NWtOcT7gEg1qAUcjJW0bVXrWKrANOtASit7eR15rHjvl0Rj3DYzCspcw9nOem60ElKYR5BepsMT8ArZg6LwT2PLNxV3lIiU-X30TxjwKMb7WLeqqKdQqwo3XhttrCevlQ4mF1qbFu5XMUHI8MlCh7enf5UmeeH-hL-zhj-i8L0SX8SAXSPOj82nDpeKhXVOMDtiqn10Q.j8WYH9yWdj4jsYLV.rep8fVK2O4eyZ1pQBsvInz3lKfZjHkOUZ7FM2chngDKKzw-ITPy8QW2m8EgeejsPEyOq_NBse12kZGJ9XnxZzlZtbfkh2ls-SUkoMAphr81gK7PAjO2EDvgeaOxJdN89vR_s9D8_4qCOyhrYGY-RLOu5RZrS0ug4lMisBUaFak6_Uu-6w3_8xuGccQ0NPBouykyN2AqLA4af1aA29UgXVczOfEYWBYIYZ1H4nbLMeDXgeg0x81Q5K0d7gyCgj08zFB_ez37KdhNsTitzQfoeDh8YCb-BZPoIHWzQdigtVcfMurXaVTI07cF6329SzT9HUdoaJ2TmKziIzozxngY7FbfBQ2iz6fBbrOROyvZkYYiP7EJhiuEGkyUWWnnO4NnE6cuASkAotRb_9kNhvl5UKi4s3XsAb-uhgk6lMy_LBfSFJSfES_FQdDdHQhuPHP9SFYGO-mVhrNSih7gISplq3G_q5WliUHDuc7yQAhm5Ov7VF-x8YnLheYzLfLHW5TOETf68-F1AQfcbKeWqAP_SlAuhzqqkRqWwH3E.rGBeDkqUfXWodB2g4ilODw",
+            ),
+            // RSA-OAEP-256 + A128CBC-HS256, inner PS256
+            (
+                RSA_PRIVATE_PKCS1,
+                "eyJhbGciOiJSU0EtT0FFUC0yNTYiLCJlbmMiOiJBMTI4Q0JDLUhTMjU2In0.F_K9cRkZqCpGAUaR7xIwb3Q7pAC1uZrOundWPOKPJTVV5wgb7HzPREsPVDkQ1e1CmdIkMWuNyDLRjAFS_kRXWSRyY0UfW7dFKq-p_ETARseKrirpgL6sR8IhykMVM3neSCqGqXIx_Vaa1naVHn4eePBBB0JS7Se9g9l454Uo1ePhN7njGkQrERpsxFbwhigSptz--Y08RrVGC3ri55ut8q3pnATQHVe-_RFLpBkMb1jtcz9rwRdUmbrKTHgqqfpaF-yQBVp4vDhX-1XJ4cEmiil1IlKBjwxaTKkqIwPYfn0IOb9d7_bxyQjAzTRaXzLHmzZGDosONPtiWU2FJuFM_g.ducbW6hn4vR20OXh85eVjw.N_hy2vCPhnnP_gz8CcocWDdoRqk76zgiBjbg0SKPklhhkPsDLwDvp-IZvPTyakbxBBR9653SypuMYkWN9Bg6KTWrZAy9VrfdeRZQdIA5DvY15TTlloGDJHduXnLslCzlKHbOezWtcZSHQdMghzZ7CIsXSQEEEb52xuJ8StcJmW-zgmAI92FUTxRsviwm7XPiqlyufxVsdkZHPclXh8nVJtaHkCbLWdonj1RDcA7nhZETfgFK2m776O1_NYIT-maCcqMlW1plTxv95jGw53A56Q9FHRRNDKCsXtrMqJVwfwQyMR7tZHioj8BRdViif7yCektd1d4cSBg2PS5MuQertnooB0134YTvv4y0C0JCvJC7oM2ahG50hoFUy8S82HDsjDYXnI_AuXl22qzfnBLiOKTHVLnORnfW1XkPH4WFdWLEodur4bMX3yRSwEm_wl8tCB9ZZcEfDCeBfUdvz60c8gJdGr-XNkP6kZsWQ5sWniVdBLWkCr62uVvANSlJd8mSjtACdHP5e11-VJdF8SBcspvQWywwQO4SjC8Vmd8vQ5k.WVSkoEiouOIszrWhkdXeDg",
+            ),
+            // ECDH-ES + A128GCM
+            (
+                EC_PRIVATE,
+                "eyJhbGciOiJFQ0RILUVTIiwiZW5jIjoiQTEyOEdDTSIsImVwayI6eyJjcnYiOiJQLTI1NiIsImt0eSI6IkVDIiwieCI6InVRN1dxaG9kT3Mza2JjYjJ5TUgxTEhHRVF5d3VQWnV1di1PakI2Slh3X2ciLCJ5IjoiMzB3WGd5N0d6RnVKX01xck9UMFBHb0I2ZV9xbkR1ellnckNfd0otTnlHYyJ9fQ..lc81p0BhJ8Pe2Pob.Pu8nRPWl5gNCOpBAW1aRFbgX-im97kViQFamvgbIwYK-3p4CvSdG0zH0VIKBC1ajrWdf36c49VensTasQYhU2RfpUBy4UOByeI9_QCx3gZIwMEDw5tPzyBHGPDwE6dcA6cNIIee-WRpSlMXCLwEGyHTGFGeDn-UWLU4OZOrFs16r9IA-2fUR2lAukrcseTJ6wAsrpvzZ3-ZL_A.JXMpCCmprKicQiEDHrBbUQ",
+            ),
+            // ECDH-ES+A128KW + A256CBC-HS512
+            (
+                EC_PRIVATE,
+                "eyJhbGciOiJFQ0RILUVTK0ExMjhLVyIsImVuYyI6IkEyNTZDQkMtSFM1MTIiLCJlcGsiOnsiY3J2IjoiUC0yNTYiLCJrdHkiOiJFQyIsIngiOiJBZGxlRUhhQnhFMG5yX0lmYXNfbjkxNlRWREhfTmpzT2J5d1VnOTB6Z1pvIiwieSI6InNPNkdiUktjdVMwdTdZZVVxUFZ1NGp1ZWhENHN1d0VobEh4d2RGZkxfdXcifX0.78wxcQZC9FCh4vFD-hw1iE0LKH1x8EMak0VpYWBNVWjjttntAzTwqqaiN2rPkgLP5eRdIwgrLuD-dljhDU6bys6PnfiwJmKq.EqQ5nxXNcmd13nbHSpbIVA.qNuqBD02U8I1Xo3oO4H0f2A5DC-o_t22dOErWcYAnaFbJ3ucG-F3zR6Sfie4D19HZ3fC0o5QZaYUsNmsab38ViyX620nvA7I-nq6NvS8QN1UeU6wQLNmWJiVEE5zCKUkjM0CBCXUB3epEl7AkgXDEaZwx8S7SEOigJLjGLrlgsAbRhN6BmDaXkhieZku8-Q-WDz7B-PPTcf9HZxuW998kg.itTa2_9d8wiNpsZWacG7srbYuuojgR0sLAIAJokseGQ",
+            ),
+            // ECDH-ES+A256KW + A256GCM
+            (
+                EC_PRIVATE,
+                "eyJhbGciOiJFQ0RILUVTK0EyNTZLVyIsImVuYyI6IkEyNTZHQ00iLCJlcGsiOnsiY3J2IjoiUC0yNTYiLCJrdHkiOiJFQyIsIngiOiIyLUJPdXpBUjdteDVOYmlQdjJWeUcxZ0tMMjFtMnFudUd3SE9ubVpNRDBFIiwieSI6ImtINVUtQklOQmVkRUVOdU84MjdRVk5IMm1NRmJxcVUySDRKUnM3TmV6UFUifX0.4QWunQZYeE8c0Z5dHM0KffATT3ws3IZmPemGHm5Vdkc5HeEIHowU8A.rn6Hy3dOanhfXDWQ.CyrSuVZzTUgUb6DeIFtaP8N5ACkgvnDGf0RfysZK4BfV7NkaFfdqWqMQeqfGfAgDtHWCtYvq3nSgYIQUnehWnzBqhxlYWH8VbSW8KWCO740jCcwW2rF9BYgxKILBAN95YKZgW1JPAchxfj4ZI0DE6iRyrHaMOqSeFG4ejcaxfHuB4BpJkVrUaY54J1zNQTsKsfjyBicodSIB-A.gkGKj7oFRJlhbGzHCzBqvw",
+            ),
+            // ECDH-ES + A256CBC-HS512 (all inner ES256)
+            (
+                EC_PRIVATE,
+                "eyJhbGciOiJFQ0RILUVTIiwiZW5jIjoiQTI1NkNCQy1IUzUxMiIsImVwayI6eyJjcnYiOiJQLTI1NiIsImt0eSI6IkVDIiwieCI6InNwSmxlbHFmOUxjLVFid09CeFFhVzdXY182WHA3bnljZkhzUVhuVTJMenMiLCJ5IjoiWUtpQ3hGVUVNUjFUOFpBVXMxVUNjdzUxbmRwSWJkSG02MGlzeGl2bkNFbyJ9fQ..iC-5I5C35po0mU-PJU9TCQ.0uUpVjyn5bUhGg9fYnTJCYdzns1GKVPM_fZieZFj0HlPfmoD9PuEiEPYU1xxBXS9xznbr-ldSMwqGmBb6xdVlC_5HiMxqVmQytoOK9Pd5pX9is2D8DBt0my_KKzzc2iLfmaG2cVp--8VFERopUPJ5KiXxpH1CNRsb64ZAw_Y9hUKYmf80CydVogwGJnBUL6_38SgTJjXzzjF-0Vl7DVxeQ.NT19eNNqDoenGJg5jsaL7OdrF_Qtz-C3k1ykqrHcrQI",
+            ),
+            // A128KW + A128CBC-HS256
+            (
+                SECRET_16,
+                "eyJhbGciOiJBMTI4S1ciLCJlbmMiOiJBMTI4Q0JDLUhTMjU2In0.nJecG088n7Ls3l0GjEYso98CmpXgpfBClniSqjQQk33n0bwf6HE5hA.e1JyNfrZY1ywv3FPLLVBmQ.hTJxF7IEJdZ4aHBSXBkqreWkzcbIvlv15jse4LVu8h9zgNfn3Vqj12lYrdXA-9KVCMaiOc3JRCI9dHKbc74qKhuHjpyRuQulLtlnY2Wls7AkIBrsztRVe741sssr6bO8XHjIUn_36zkeAGtY5BHpdsy-1qvNS5AAdHolcAA3eao.tEGDBOcPCiYtvpve5hIk5w",
+            ),
+            // dir + A128GCM (inner HS256)
+            (
+                SECRET_16,
+                "eyJhbGciOiJkaXIiLCJlbmMiOiJBMTI4R0NNIn0..lxVi4vfYkinHtWF5.nluLcDgzhCU-d5slVBLZovX9_HPx0AH8qIcDI441gROiSHFD0MZIjMPZQrzFGSfyzsAZ66tTFH5BizVrK8eAWbEhWp1k3KvG1Zm_mfuzGstfjc4uFxalKk6dddebOXjJjuJBgTkrZOreh59BHtBA8fE7Vg.tohh1ckZ_ZFkMnAYc93OJA",
+            ),
+            // A256KW + A256GCM
+            (
+                SECRET_32,
+                "eyJhbGciOiJBMjU2S1ciLCJlbmMiOiJBMjU2R0NNIn0.nwAJubJQSEiZ3oPlgL8_Xz-Bc-7gQimQVOaPl17AH53DCLer9TJjMg.g-iRCfNeLQs8S2N2.pbKFDVjF2AlXGs-1Su30liOldMebpS2hvzPE4j2liderxmV3K_SML5Y0hlH22BsD2huKZ0ErpuKZh4xjVpTlTNO_xtGSCOmd7HqFvNMYjZh6pfP4AZCt9EAG0GnPGDWufCnmKfyMCzfth-KQeiYF.0k8EI5zGCzclpnHWLs8r4Q",
+            ),
+            // dir + A128CBC-HS256 (inner HS256)
+            (
+                SECRET_32,
+                "eyJhbGciOiJkaXIiLCJlbmMiOiJBMTI4Q0JDLUhTMjU2In0..Lw9oMxZ43NVJk3XVN5HyLQ.tyTsuJPlpMMjU6A5PUp5loGwA83XKv0p_NAay2FviH-J6EwXHHXmkPpZ4uIlScAu89kdOscPA5CknJapp-bxbe8SwlwjWpS5Zk-mesb41m__e-SqCx4-vqNCF0tVhHkpBa3rLxWLw4Y1fPf4Klu-ow.GBGA6zBXBg2CeqC1FH1a8A",
+            ),
+            // dir + A256CBC-HS512, inner HS512
+            (
+                SECRET_64,
+                "eyJhbGciOiJkaXIiLCJlbmMiOiJBMjU2Q0JDLUhTNTEyIn0..WsudSFd2CTvdfL3wlQejhg.OiwA0Ch2zywxioPnVOKXysL69YmbUR1FR6JfMY2Ob1kxhWnF26TEUrxMUWK_5sUhszzDQ3oxv6qGtU5R5Fsc0jGhfLMguP0WFpqLPtIveXwRiw9Wk9nT4HVr9v1AuKlyQ_KQre37ilAkZ4wnj2_C10tpETpqq5zruC9AZ3BM2a9pbI1c_mL4BmbJ1XxbzEt6B0k8YJy_ikX28BxXGSIL-A.mxLjrbAkBLGvdF9tkeRG1QCCxwi6PuYR6IIkQFP4YN0",
+            ),
+        ]
+    }
+
+    fn flip_first_byte(token: &str, part: usize) -> String {
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let mut raw = engine.decode(&parts[part]).expect("b64");
+        raw[0] ^= 1;
+        parts[part] = engine.encode(raw);
+        parts.join(".")
+    }
+
     #[tokio::test]
-    async fn jwe_tokens_are_refused_with_a_clear_reason() {
+    async fn jwe_tokens_made_by_jwcrypto_resolve_and_tampered_ones_are_refused() {
         bounded(async {
             let dir = tempfile::tempdir().expect("tempdir");
-            let source = key_file(&dir, "rsa.pem", RSA_PUBLIC);
+            for (index, (key, token)) in jwcrypto_vectors().into_iter().enumerate() {
+                let source = key_file(&dir, &format!("key{index}"), key);
+                let tokens = Tokens::new("JWTTokenApi", Some(&source)).expect("tokens");
+                assert_eq!(
+                    tokens.lookup(token).await.expect("lookup"),
+                    Some(tcp("remote_host", 5900)),
+                    "vector {index}"
+                );
+                let keys = JwtKeys::load(Path::new(&source)).expect("keys");
+                // Flipping a bit of the IV, ciphertext or tag, or of a wrapped or RSA-encrypted
+                // key, fails the decryption (ECDH-ES has no encrypted key to flip).
+                for part in 1..5 {
+                    if token.split('.').nth(part) == Some("") {
+                        continue;
+                    }
+                    let tampered = flip_first_byte(token, part);
+                    let reason = keys.verify(&tampered).expect_err("tampered");
+                    assert!(
+                        reason.contains("wrong key or tampered token"),
+                        "vector {index} part {part}: {reason}"
+                    );
+                    assert_eq!(tokens.lookup(&tampered).await.expect("lookup"), None);
+                }
+            }
+        })
+        .await;
+    }
+
+    #[test]
+    fn jwe_needs_the_right_kind_of_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let vectors = jwcrypto_vectors();
+        let reason = |key: &str, token: &str| {
+            let keys = JwtKeys::load(Path::new(&key_file(&dir, "key", key))).expect("keys");
+            keys.verify(token).expect_err("refused")
+        };
+        // RSA-OAEP with the public key only: it cannot decrypt.
+        assert!(reason(RSA_PUBLIC, vectors[0].1).contains("needs an RSA private key"));
+        assert!(reason(RSA_PUBLIC, vectors[0].1).contains("a public key"));
+        // ECDH-ES with an RSA key, A128KW with an EC key, dir with a secret of the wrong size.
+        assert!(reason(RSA_PRIVATE_PKCS1, vectors[2].1).contains("needs an EC P-256"));
+        assert!(reason(EC_PRIVATE, vectors[6].1).contains("needs a secret key file"));
+        let wrong_size = reason(SECRET_32, vectors[7].1);
+        assert!(
+            wrong_size.contains("needs a 16-byte secret"),
+            "{wrong_size}"
+        );
+        // A secret of the right size but the wrong value.
+        let wrong = "AQECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8";
+        assert!(reason(wrong, vectors[8].1).contains("wrong key or tampered token"));
+    }
+
+    #[test]
+    fn jwe_content_must_be_a_valid_signed_jwt() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keys =
+            JwtKeys::load(Path::new(&key_file(&dir, "rsa.pem", RSA_PRIVATE_PKCS1))).expect("keys");
+        // Anyone can encrypt to a public key: content that is not signed by the key is refused.
+        let public = rsa::RsaPublicKey::from(
+            <rsa::RsaPrivateKey as rsa::pkcs1::DecodeRsaPrivateKey>::from_pkcs1_pem(
+                RSA_PRIVATE_PKCS1,
+            )
+            .expect("rsa"),
+        );
+        let now = get_current_timestamp();
+        let signed = |claims: Value| jwt(Algorithm::RS256, &rsa_signer(), claims);
+        let other_key = EncodingKey::from_secret(b"not the key file's key at all, no");
+        let cases = [
+            (
+                r#"{"host":"h","port":1}"#.to_owned(),
+                "the JWE's inner JWT: malformed token",
+            ),
+            (
+                jwt(
+                    Algorithm::HS256,
+                    &other_key,
+                    json!({"host": "h", "port": 1}),
+                ),
+                "the JWE's inner JWT: its algorithm does not match the key",
+            ),
+            (
+                signed(json!({"host": "h", "port": 1, "exp": now - 5})),
+                "the JWE's inner JWT: token has expired",
+            ),
+            (
+                signed(json!({"host": "h", "port": 1, "nbf": now + 60})),
+                "the JWE's inner JWT: token cannot be used yet (nbf)",
+            ),
+        ];
+        for (content, expected) in cases {
+            let token = rsa_oaep_a256gcm(&public, content.as_bytes());
+            assert_eq!(keys.verify(&token), Err(expected.into()));
+        }
+        let nested = rsa_oaep_a256gcm(&public, b"a.b.c.d.e");
+        assert_eq!(
+            keys.verify(&rsa_oaep_a256gcm(&public, nested.as_bytes())),
+            Err("the JWE's content is another JWE, not a signed JWT".into())
+        );
+        let good = signed(json!({"host": "h", "port": 1, "exp": now + 60}));
+        assert_eq!(
+            keys.verify(&rsa_oaep_a256gcm(&public, good.as_bytes())),
+            Ok(tcp("h", 1))
+        );
+    }
+
+    /// An RSA-OAEP + A256GCM JWE of `content`, made here for content jwcrypto would not sign.
+    fn rsa_oaep_a256gcm(public: &rsa::RsaPublicKey, content: &[u8]) -> String {
+        use aes_gcm::aead::{AeadInPlace as _, KeyInit as _};
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = engine.encode(r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#);
+        let cek = [7u8; 32];
+        let iv = [9u8; 12];
+        let encrypted_key = public
+            .encrypt(&mut rand_core::OsRng, rsa::Oaep::new::<sha1::Sha1>(), &cek)
+            .expect("encrypt");
+        let mut ciphertext = content.to_vec();
+        let tag = aes_gcm::Aes256Gcm::new_from_slice(&cek)
+            .expect("key")
+            .encrypt_in_place_detached(
+                aes_gcm::Nonce::from_slice(&iv),
+                header.as_bytes(),
+                &mut ciphertext,
+            )
+            .expect("seal");
+        format!(
+            "{header}.{}.{}.{}.{}",
+            engine.encode(encrypted_key),
+            engine.encode(iv),
+            engine.encode(ciphertext),
+            engine.encode(tag)
+        )
+    }
+
+    #[tokio::test]
+    async fn unusable_jwe_tokens_are_unknown_tokens_with_a_reason() {
+        bounded(async {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let source = key_file(&dir, "rsa.pem", RSA_PRIVATE_PKCS1);
             let tokens = Tokens::new("JWTTokenApi", Some(&source)).expect("tokens");
             let keys = JwtKeys::load(Path::new(&source)).expect("keys");
             let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-            let header = engine.encode(r#"{"alg":"RSA-OAEP","enc":"A256GCM"}"#);
-            for token in [
-                format!("{header}.a2V5.aXY.Y2lwaGVy.dGFn"),
-                format!("{header}.e30.c2ln"),
-            ] {
-                assert_eq!(
-                    keys.verify(&token),
-                    Err("encrypted JWE tokens are not supported".into())
-                );
+            let with_header =
+                |header: &str| format!("{}.a2V5.aXY.Y2lwaGVy.dGFn", engine.encode(header));
+            let cases = [
+                (
+                    with_header(r#"{"alg":"RSA1_5","enc":"A256GCM"}"#),
+                    "JWE key management alg \"RSA1_5\" is not supported",
+                ),
+                (
+                    with_header(r#"{"alg":"RSA-OAEP","enc":"A192GCM"}"#),
+                    "JWE content encryption enc \"A192GCM\" is not supported",
+                ),
+                (
+                    with_header(r#"{"alg":"RSA-OAEP","enc":"A256GCM","zip":"DEF"}"#),
+                    "compressed JWE (zip \"DEF\") is not supported",
+                ),
+                (
+                    with_header(r#"{"alg":"RSA-OAEP","enc":"A256GCM","crit":["x"]}"#),
+                    "JWE critical header extensions",
+                ),
+                (
+                    format!(
+                        "{}.e30.c2ln",
+                        engine.encode(r#"{"alg":"dir","enc":"A256GCM"}"#)
+                    ),
+                    "a JWE has 5 dot-separated parts, this one 3",
+                ),
+                (
+                    "e30.YQ.Yg.Yw.ZA".to_owned(),
+                    "JWE header has no string \"alg\"",
+                ),
+                ("!.a.b.c.d".to_owned(), "JWE header is not base64url"),
+                (
+                    format!("{}.a.b.c.d", "A".repeat(jwe::MAX_JWE_BYTES)),
+                    "more than the 16384 accepted",
+                ),
+            ];
+            for (token, expected) in cases {
+                let reason = keys.verify(&token).expect_err("refused");
+                assert!(reason.contains(expected), "{reason:?} vs {expected:?}");
                 assert_eq!(tokens.lookup(&token).await.expect("lookup"), None);
             }
         })

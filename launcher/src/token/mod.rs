@@ -9,6 +9,7 @@
 //!                      TokenFileName                   <dir>/<token> holds `host:port`     file.rs
 //!                      BaseTokenAPI / JSONTokenApi     HTTP GET, pooled client, 5 s deadline api.rs
 //!                      JWTTokenApi                     signed JWT with host/port claims    jwt.rs
+//!                                                      or a JWE wrapping one               jwe.rs
 //!                      TokenRedis                      GET [namespace:]token, one multiplexed
 //!                                                      connection, reconnected             redis.rs
 //!                      UnixDomainSocketDirectory       a socket inside a directory         socket.rs
@@ -30,6 +31,7 @@ mod api;
 mod changes;
 mod error;
 mod file;
+mod jwe;
 mod jwt;
 mod read;
 mod redis;
