@@ -206,6 +206,10 @@ struct WebArgs {
     /// e.g. "https://vnc.example.org"); works with or without an auth plugin
     #[arg(long, value_name = "ORIGINS")]
     allowed_origin: Option<String>,
+    /// Also accept the WebSocket subprotocol NAME (repeatable; e.g. sip): the first name the
+    /// client offers among binary and these is answered, and bytes are relayed as with binary
+    #[arg(long, value_name = "NAME", action = ArgAction::Append)]
+    subprotocol: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -792,6 +796,18 @@ fn build(cli: Cli, wrap: bool) -> Result<Settings, UsageError> {
             .map(str::to_owned)
             .collect(),
     };
+    for name in &w.subprotocol {
+        if !crate::handshake::is_token(name) {
+            return Err(UsageError::new(format!(
+                "option --subprotocol: invalid subprotocol name {}: it must be an HTTP token \
+                 (visible ASCII, no spaces or any of ()<>@,;:\\\"/[]?={{}})",
+                py_repr(name)
+            )));
+        }
+        if !config.subprotocols.contains(name) {
+            config.subprotocols.push(name.clone());
+        }
+    }
     config.proxy_protocol = fleet.proxy_protocol;
     if let Some(list) = given(fleet.trusted_proxy) {
         config.trusted_proxies = TrustedProxies::parse(&list)
@@ -971,7 +987,7 @@ mod tests {
     fn rejects_ambiguous_prefixes_like_optparse() {
         assert_eq!(
             error("--s 6080 h:1"),
-            "ambiguous option: --s (--shutdown-delay, --ssl-ciphers, --ssl-only, --ssl-target, --ssl-version, --syslog?)"
+            "ambiguous option: --s (--shutdown-delay, --ssl-ciphers, --ssl-only, --ssl-target, --ssl-version, --subprotocol, --syslog?)"
         );
         assert_eq!(
             error("--he"),
@@ -1209,6 +1225,19 @@ mod tests {
     fn prints_version() {
         let expected = format!("websockify {}\n", env!("CARGO_PKG_VERSION"));
         assert_eq!(print("6080 --version"), expected);
+    }
+
+    #[test]
+    fn subprotocol_is_repeatable_and_checked() {
+        let o = run("--subprotocol sip --subprotocol=mqtt --subprotocol sip 6080 h:1");
+        assert_eq!(o.server.subprotocols, ["sip", "mqtt"]);
+        assert!(run("6080 h:1").server.subprotocols.is_empty());
+        let err = error("--subprotocol a/b 6080 h:1");
+        assert!(
+            err.starts_with("option --subprotocol: invalid subprotocol name 'a/b'"),
+            "{err}"
+        );
+        assert!(error("--subprotocol= 6080 h:1").contains("invalid subprotocol name ''"));
     }
 
     #[test]

@@ -104,6 +104,8 @@ pub struct Config {
     pub auth: AuthSettings,
     /// Token-based targets (`--token-plugin`, `--token-source`, `--host-token`).
     pub token: Option<TokenSettings>,
+    /// More subprotocol names answered like `binary` (`--subprotocol`, repeatable).
+    pub subprotocols: Vec<String>,
 }
 
 /// `--metrics-listen [host:]port`; without a host, loopback only (metrics are not public).
@@ -246,6 +248,7 @@ impl Config {
             web_auth: false,
             auth: AuthSettings::default(),
             token: None,
+            subprotocols: Vec::new(),
         }
     }
 }

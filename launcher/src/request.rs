@@ -11,6 +11,7 @@
 //! The order of the checks for an upgrade: handshake validity, then authentication (so that
 //! unauthenticated clients cannot probe tokens or load a backend), then the token lookup.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,7 +48,7 @@ pub struct Upgraded {
     /// Request path (without the query, which may hold a token), for the log.
     pub path: String,
     /// The subprotocol we answered with, for the log.
-    pub protocol: Option<&'static str>,
+    pub protocol: Option<Cow<'static, str>>,
     /// Where this session goes (from the token, or the configured target).
     pub target: Target,
 }
@@ -297,8 +298,12 @@ async fn route<B>(
         }
         return Ok(Routed::Web(web.serve(request).await));
     }
-    let accept =
-        handshake::accept(request.version(), request.headers()).map_err(Reject::Handshake)?;
+    let accept = handshake::accept(
+        request.version(),
+        request.headers(),
+        &shared.config.subprotocols,
+    )
+    .map_err(Reject::Handshake)?;
     shared
         .auth
         .check(request.headers(), client_cert)
@@ -325,11 +330,10 @@ fn switching_protocols(accept: &Accept) -> Response<Body> {
     if let Ok(value) = HeaderValue::from_str(&accept.accept_key) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
-    if let Some(protocol) = accept.protocol {
-        headers.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(protocol),
-        );
+    if let Some(protocol) = &accept.protocol
+        && let Ok(value) = HeaderValue::from_str(protocol)
+    {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
     }
     response
 }
