@@ -139,7 +139,7 @@ pub async fn serve(
         }
     };
     if let Err(reject) = admission.admit(&head.request) {
-        log_refusal(&reject, &head.request);
+        log_refusal(&reject, &head.request, shared.config.token_path);
         let _ = http::write_response(&mut stream, reject.response()).await;
         let _ = stream.shutdown().await;
         return Ok(None);
@@ -156,7 +156,7 @@ pub async fn serve(
         // Only with --web, which went to hyper above.
         Ok(Routed::Web(_)) => return Ok(None),
         Err(reject) => {
-            log_refusal(&reject, &head.request);
+            log_refusal(&reject, &head.request, shared.config.token_path);
             let _ = http::write_response(&mut stream, reject.response()).await;
             let _ = stream.shutdown().await;
             return Ok(None);
@@ -266,7 +266,7 @@ async fn respond(mut request: Request<hyper::body::Incoming>, context: &Context)
             response
         }
         Err(reject) => {
-            log_refusal(&reject, &request);
+            log_refusal(&reject, &request, context.shared.config.token_path);
             reject.response()
         }
     }
@@ -314,7 +314,7 @@ async fn route<B>(
     };
     Ok(Routed::Upgrade(Decided {
         accept,
-        path: request.uri().path().to_owned(),
+        path: shown_path(request.uri().path(), shared.config.token_path),
         target,
     }))
 }
@@ -346,16 +346,13 @@ async fn choose_target<B>(
     request: &Request<B>,
     shared: &Shared,
 ) -> Result<Target, Reject> {
-    let host_token = shared.config.token.as_ref().is_some_and(|t| t.host_token);
-    let token = token::token_from_request(request.uri(), request.headers(), host_token).ok_or(
-        Reject::TokenMissing {
-            looked_in: if host_token {
-                "Host header"
-            } else {
-                "?token= query parameter"
-            },
-        },
-    )?;
+    let source = token_source(&shared.config);
+    let token =
+        token::token_from_request(request.uri(), request.headers(), source).ok_or_else(|| {
+            Reject::TokenMissing {
+                looked_in: source.describe().into(),
+            }
+        })?;
     let tag = token::token_tag(&token);
     let (result, elapsed) = tokens.lookup_timed(&token).await;
     METRICS.token_lookup(
@@ -376,9 +373,31 @@ async fn choose_target<B>(
     }
 }
 
+/// Where the options say the token is (see [`token::TokenSource`]).
+fn token_source(config: &crate::config::Config) -> token::TokenSource<'_> {
+    if let Some(name) = &config.token_cookie {
+        token::TokenSource::Cookie(name)
+    } else if config.token_path {
+        token::TokenSource::Path
+    } else if config.token.as_ref().is_some_and(|t| t.host_token) {
+        token::TokenSource::Host
+    } else {
+        token::TokenSource::Query
+    }
+}
+
+/// The request path as logged: with `--token-path` its last segment is the token, which the
+/// log never shows (the token's tag is logged instead).
+fn shown_path(path: &str, token_path: bool) -> String {
+    match path.rsplit_once('/') {
+        Some((front, last)) if token_path && !last.is_empty() => format!("{front}/<token>"),
+        _ => path.to_owned(),
+    }
+}
+
 /// One log line per refused request (at most one per second per kind, then a count): the
 /// detail the client is not told. Each refusal of a handshake is counted in the metrics.
-fn log_refusal<B>(reject: &Reject, request: &Request<B>) {
+fn log_refusal<B>(reject: &Reject, request: &Request<B>, token_path: bool) {
     static PLAIN: Throttle = Throttle::new("plain HTTP refused", Level::INFO);
     static HANDSHAKE: Throttle = Throttle::new("WebSocket handshake refused", Level::INFO);
     static AUTH: Throttle = Throttle::new("authentication refused", Level::INFO);
@@ -386,7 +405,8 @@ fn log_refusal<B>(reject: &Reject, request: &Request<B>) {
     static TOKEN_UNKNOWN: Throttle = Throttle::new("token not found", Level::INFO);
     static TOKEN_FAILED: Throttle = Throttle::new("token lookup failed", Level::WARN);
     static LIMIT: Throttle = Throttle::new("connection limit reached", Level::INFO);
-    let path = request.uri().path();
+    let path = shown_path(request.uri().path(), token_path);
+    let path = path.as_str();
     let refusal = match reject {
         Reject::WebSocketOnly => {
             if PLAIN.admit() {
