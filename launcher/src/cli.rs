@@ -217,6 +217,14 @@ struct WebArgs {
     /// Take the token from the Host header instead of the ?token= parameter
     #[arg(long)]
     host_token: bool,
+    /// Take the token from the cookie NAME of the upgrade request instead of the ?token=
+    /// parameter (one of --host-token, --token-cookie, --token-path)
+    #[arg(long, value_name = "NAME")]
+    token_cookie: Option<String>,
+    /// Take the token from the last segment of the path, /websockify/TOKEN, instead of the
+    /// ?token= parameter
+    #[arg(long)]
+    token_path: bool,
     /// Deprecated: same as --token-plugin TokenFile --token-source FILE
     #[arg(long, value_name = "FILE")]
     target_config: Option<String>,
@@ -231,6 +239,10 @@ struct WebArgs {
     /// e.g. "https://vnc.example.org"); works with or without an auth plugin
     #[arg(long, value_name = "ORIGINS")]
     allowed_origin: Option<String>,
+    /// Also accept the WebSocket subprotocol NAME (repeatable; e.g. sip): the first name the
+    /// client offers among binary and these is answered, and bytes are relayed as with binary
+    #[arg(long, value_name = "NAME", action = ArgAction::Append)]
+    subprotocol: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -739,6 +751,10 @@ fn build(cli: Cli, wrap: bool) -> Result<Settings, UsageError> {
         Some(("--token-plugin", "--token-source"))
     } else if w.host_token && no_token {
         Some(("--token-plugin", "--host-token"))
+    } else if w.token_cookie.is_some() && no_token {
+        Some(("--token-plugin", "--token-cookie"))
+    } else if w.token_path && no_token {
+        Some(("--token-plugin", "--token-path"))
     } else if auth_source.is_some() && no_auth {
         Some(("--auth-plugin", "--auth-source"))
     } else if w.web_auth && no_auth {
@@ -753,6 +769,22 @@ fn build(cli: Cli, wrap: bool) -> Result<Settings, UsageError> {
     if let Some((needed, used)) = missing {
         return Err(UsageError::new(format!(
             "You must use {needed} to use {used}"
+        )));
+    }
+    let token_cookie = w.token_cookie;
+    let sources = [w.host_token, token_cookie.is_some(), w.token_path];
+    if sources.iter().filter(|given| **given).count() > 1 {
+        return Err(UsageError::new(
+            "--host-token, --token-cookie and --token-path each name where the token is: \
+             use only one",
+        ));
+    }
+    if let Some(name) = &token_cookie
+        && !crate::handshake::is_token(name)
+    {
+        return Err(UsageError::new(format!(
+            "option --token-cookie: invalid cookie name {}",
+            py_repr(name)
         )));
     }
     if let Some((_, syslog_port)) = syslog.as_deref().and_then(|s| s.rsplit_once(':')) {
@@ -864,6 +896,18 @@ fn build(cli: Cli, wrap: bool) -> Result<Settings, UsageError> {
             .map(str::to_owned)
             .collect(),
     };
+    for name in &w.subprotocol {
+        if !crate::handshake::is_token(name) {
+            return Err(UsageError::new(format!(
+                "option --subprotocol: invalid subprotocol name {}: it must be an HTTP token \
+                 (visible ASCII, no spaces or any of ()<>@,;:\\\"/[]?={{}})",
+                py_repr(name)
+            )));
+        }
+        if !config.subprotocols.contains(name) {
+            config.subprotocols.push(name.clone());
+        }
+    }
     config.proxy_protocol = fleet.proxy_protocol;
     if let Some(list) = given(fleet.trusted_proxy) {
         config.trusted_proxies = TrustedProxies::parse(&list)
@@ -888,6 +932,8 @@ fn build(cli: Cli, wrap: bool) -> Result<Settings, UsageError> {
     }
     config.shutdown_delay = Duration::from_secs(fleet.shutdown_delay.min(u32::MAX.into()));
     config.drain_timeout = Duration::from_secs(fleet.drain_timeout.min(u32::MAX.into()));
+    config.token_cookie = token_cookie;
+    config.token_path = w.token_path;
     config.token = token_plugin.map(|plugin| TokenSettings {
         plugin,
         source: token_source,
@@ -1045,7 +1091,7 @@ mod tests {
             error("--s 6080 h:1"),
             "ambiguous option: --s (--shutdown-delay, --ssl-ciphers, --ssl-only, --ssl-target, \
              --ssl-target-ca, --ssl-target-cert, --ssl-target-insecure, --ssl-target-key, \
-             --ssl-target-sni, --ssl-version, --syslog?)"
+             --ssl-target-sni, --ssl-version, --subprotocol, --syslog?)"
         );
         assert_eq!(
             error("--he"),
@@ -1327,6 +1373,47 @@ mod tests {
     fn prints_version() {
         let expected = format!("websockify {}\n", env!("CARGO_PKG_VERSION"));
         assert_eq!(print("6080 --version"), expected);
+    }
+
+    #[test]
+    fn subprotocol_is_repeatable_and_checked() {
+        let o = run("--subprotocol sip --subprotocol=mqtt --subprotocol sip 6080 h:1");
+        assert_eq!(o.server.subprotocols, ["sip", "mqtt"]);
+        assert!(run("6080 h:1").server.subprotocols.is_empty());
+        let err = error("--subprotocol a/b 6080 h:1");
+        assert!(
+            err.starts_with("option --subprotocol: invalid subprotocol name 'a/b'"),
+            "{err}"
+        );
+        assert!(error("--subprotocol= 6080 h:1").contains("invalid subprotocol name ''"));
+    }
+
+    #[test]
+    fn token_cookie_and_token_path_need_a_plugin_and_exclude_each_other() {
+        let plugin = "--token-plugin TokenFile --token-source /t";
+        let o = run(&format!("{plugin} --token-cookie vnc_token 6080"));
+        assert_eq!(o.server.token_cookie.as_deref(), Some("vnc_token"));
+        assert!(!o.server.token_path);
+        let o = run(&format!("{plugin} --token-path 6080"));
+        assert!(o.server.token_path && o.server.token_cookie.is_none());
+        assert_eq!(
+            error("--token-cookie c 6080 h:1"),
+            "You must use --token-plugin to use --token-cookie"
+        );
+        assert_eq!(
+            error("--token-path 6080 h:1"),
+            "You must use --token-plugin to use --token-path"
+        );
+        for both in [
+            "--host-token --token-path",
+            "--token-cookie c --token-path",
+            "--host-token --token-cookie c",
+        ] {
+            let err = error(&format!("{plugin} {both} 6080"));
+            assert!(err.contains("use only one"), "{both}: {err}");
+        }
+        let err = error(&format!("{plugin} --token-cookie a;b 6080"));
+        assert_eq!(err, "option --token-cookie: invalid cookie name 'a;b'");
     }
 
     #[test]

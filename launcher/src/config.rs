@@ -104,8 +104,15 @@ pub struct Config {
     pub web_auth: bool,
     /// Authentication (`--auth-plugin`, `--auth-source`, `--allowed-origin`).
     pub auth: AuthSettings,
-    /// Token-based targets (`--token-plugin`, `--token-source`, `--host-token`).
+    /// Token-based targets (`--token-plugin`, `--token-source`, `--host-token`; the
+    /// cookie and path sources are `token_cookie` and `token_path` below).
     pub token: Option<TokenSettings>,
+    /// More subprotocol names answered like `binary` (`--subprotocol`, repeatable).
+    pub subprotocols: Vec<String>,
+    /// Take the token from this cookie of the upgrade request (`--token-cookie NAME`).
+    pub token_cookie: Option<String>,
+    /// Take the token from the last segment of the request path (`--token-path`).
+    pub token_path: bool,
 }
 
 /// `--metrics-listen [host:]port`; without a host, loopback only (metrics are not public).
@@ -266,6 +273,9 @@ impl Config {
             web_auth: false,
             auth: AuthSettings::default(),
             token: None,
+            subprotocols: Vec::new(),
+            token_cookie: None,
+            token_path: false,
         }
     }
 }

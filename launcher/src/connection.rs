@@ -150,7 +150,7 @@ pub async fn handle(
     };
     tracing::info!(
         path = %upgraded.path,
-        protocol = upgraded.protocol.unwrap_or("none"),
+        protocol = upgraded.protocol.as_deref().unwrap_or("none"),
         target = %target_desc,
         "{scheme}:// WebSocket connection, connecting to {target_desc}{tls_note}"
     );

@@ -1,6 +1,8 @@
 //! The WebSocket opening handshake (RFC 6455 section 4.2): is this request an upgrade, is it a
 //! valid one, and which subprotocol do we answer with. Pure functions over the request head.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 use hyper::header::{
     HeaderMap, HeaderValue, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_PROTOCOL, SEC_WEBSOCKET_VERSION,
@@ -16,7 +18,7 @@ pub struct Accept {
     /// `Sec-WebSocket-Accept` value.
     pub accept_key: String,
     /// `Sec-WebSocket-Protocol` to answer with, if any.
-    pub protocol: Option<&'static str>,
+    pub protocol: Option<Cow<'static, str>>,
     /// Binary frames, or base64 in text frames.
     pub mode: Mode,
 }
@@ -53,8 +55,12 @@ pub fn is_upgrade(method: &Method, headers: &HeaderMap) -> bool {
 }
 
 /// Validates an upgrade request (HTTP/1.1; WebSocket versions 13, 8 and 7, as upstream; a key
-/// of 16 bytes) and picks the subprotocol.
-pub fn accept(http: Version, headers: &HeaderMap) -> Result<Accept, HandshakeError> {
+/// of 16 bytes) and picks the subprotocol; `extra` are the `--subprotocol` names.
+pub fn accept(
+    http: Version,
+    headers: &HeaderMap,
+    extra: &[String],
+) -> Result<Accept, HandshakeError> {
     if http < Version::HTTP_11 {
         return Err(HandshakeError::OldHttp);
     }
@@ -76,7 +82,7 @@ pub fn accept(http: Version, headers: &HeaderMap) -> Result<Accept, HandshakeErr
     if base64::engine::general_purpose::STANDARD.decode_slice(key, &mut nonce) != Ok(16) {
         return Err(HandshakeError::InvalidKey);
     }
-    let (protocol, mode) = choose_protocol(headers.get_all(SEC_WEBSOCKET_PROTOCOL).iter())?;
+    let (protocol, mode) = choose_protocol(headers.get_all(SEC_WEBSOCKET_PROTOCOL).iter(), extra)?;
     Ok(Accept {
         accept_key: accept_key(key),
         protocol,
@@ -97,12 +103,15 @@ pub fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(context.finish())
 }
 
-/// Subprotocol choice: `binary` when offered; `base64` alone selects the legacy base64 mode;
-/// nothing offered means no header; only unknown names are refused. List elements are
-/// trimmed (upstream does not trim, so `base64, binary` fails there).
+/// Subprotocol choice: the first offered name that is `binary` or one of the `--subprotocol`
+/// names (`extra`) is answered (the latter with [`Mode::Other`]: bytes as with `binary`, the
+/// client's text frames passed on too); failing that, `base64` selects the legacy
+/// base64 mode; nothing offered means no header; only unknown names are refused. List
+/// elements are trimmed (upstream does not trim, so `base64, binary` fails there).
 pub fn choose_protocol<'a>(
     values: impl Iterator<Item = &'a HeaderValue>,
-) -> Result<(Option<&'static str>, Mode), HandshakeError> {
+    extra: &[String],
+) -> Result<(Option<Cow<'static, str>>, Mode), HandshakeError> {
     let mut offered_any = false;
     let mut base64 = false;
     for value in values {
@@ -110,17 +119,30 @@ pub fn choose_protocol<'a>(
         for name in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             offered_any = true;
             match name {
-                "binary" => return Ok((Some("binary"), Mode::Binary)),
+                "binary" => return Ok((Some(Cow::Borrowed("binary")), Mode::Binary)),
                 "base64" => base64 = true,
-                _ => {}
+                _ => {
+                    if let Some(known) = extra.iter().find(|known| *known == name) {
+                        return Ok((Some(Cow::Owned(known.clone())), Mode::Other));
+                    }
+                }
             }
         }
     }
     match (offered_any, base64) {
         (false, _) => Ok((None, Mode::Binary)),
-        (true, true) => Ok((Some("base64"), Mode::Base64)),
+        (true, true) => Ok((Some(Cow::Borrowed("base64")), Mode::Base64)),
         (true, false) => Err(HandshakeError::InvalidProtocol),
     }
+}
+
+/// Whether `name` is an RFC 6455 subprotocol name: an HTTP token (RFC 2616 section 2.2:
+/// visible ASCII without separators), as `--subprotocol` requires.
+pub fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
 }
 
 #[cfg(test)]
@@ -135,13 +157,66 @@ mod tests {
         map
     }
 
-    fn protocol_for(
+    fn protocol_with(
         offer: Option<&'static str>,
+        extra: &[&str],
     ) -> Result<(Option<&'static str>, Mode), HandshakeError> {
         let map = offer
             .map(|o| headers(&[("sec-websocket-protocol", o)]))
             .unwrap_or_default();
-        choose_protocol(map.get_all(SEC_WEBSOCKET_PROTOCOL).iter())
+        let extra: Vec<String> = extra.iter().map(|e| e.to_string()).collect();
+        choose_protocol(map.get_all(SEC_WEBSOCKET_PROTOCOL).iter(), &extra)
+            .map(|(p, mode)| (p.map(|p| &*String::leak(p.into_owned())), mode))
+    }
+
+    fn protocol_for(
+        offer: Option<&'static str>,
+    ) -> Result<(Option<&'static str>, Mode), HandshakeError> {
+        protocol_with(offer, &[])
+    }
+
+    #[test]
+    fn subprotocol_names_given_with_the_option_are_accepted_like_binary() {
+        let extra = ["sip", "mqtt"];
+        let with = |offer| protocol_with(Some(offer), &extra);
+        assert_eq!(with("sip"), Ok((Some("sip"), Mode::Other)));
+        assert_eq!(with("chat, mqtt, sip"), Ok((Some("mqtt"), Mode::Other)));
+        // The first accepted name the client offers wins, binary included.
+        assert_eq!(with("sip, binary"), Ok((Some("sip"), Mode::Other)));
+        assert_eq!(with("binary, sip"), Ok((Some("binary"), Mode::Binary)));
+        // binary or an extra name beats base64, as binary always has.
+        assert_eq!(with("base64, sip"), Ok((Some("sip"), Mode::Other)));
+        assert_eq!(with("base64"), Ok((Some("base64"), Mode::Base64)));
+        assert_eq!(with("SIP"), Err(HandshakeError::InvalidProtocol));
+        assert_eq!(with("chat"), Err(HandshakeError::InvalidProtocol));
+        assert_eq!(protocol_with(None, &extra), Ok((None, Mode::Binary)));
+    }
+
+    #[test]
+    fn subprotocol_names_must_be_tokens() {
+        for good in [
+            "sip",
+            "v12.stomp",
+            "x-my_proto~1",
+            "mqtt",
+            "a!#$%&'*+-.^`|~",
+        ] {
+            assert!(is_token(good), "{good}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a,b",
+            "a;b",
+            "a/b",
+            "a\"b",
+            "caf\u{e9}",
+            "a\tb",
+            "{x}",
+            "a=b",
+        ] {
+            assert!(!is_token(bad), "{bad:?}");
+        }
     }
 
     #[test]
@@ -180,7 +255,7 @@ mod tests {
             ("sec-websocket-version", "13"),
             ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
         ]);
-        let accept = accept(Version::HTTP_11, &map).unwrap();
+        let accept = accept(Version::HTTP_11, &map, &[]).unwrap();
         assert_eq!(accept.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
         assert_eq!(accept.protocol, None);
     }
@@ -190,7 +265,7 @@ mod tests {
     #[test]
     fn versions_and_keys_are_checked_with_upstream_messages() {
         let check =
-            |pairs: &[(&'static str, &'static str)]| accept(Version::HTTP_11, &headers(pairs));
+            |pairs: &[(&'static str, &'static str)]| accept(Version::HTTP_11, &headers(pairs), &[]);
         let err = check(&[("sec-websocket-key", KEY)]).unwrap_err();
         assert_eq!(err.to_string(), "Missing Sec-WebSocket-Version header");
         let err =
@@ -212,7 +287,7 @@ mod tests {
             let mut map = headers(&[("sec-websocket-version", "13")]);
             map.insert("sec-websocket-key", HeaderValue::from_static(key));
             assert_eq!(
-                accept(Version::HTTP_11, &map),
+                accept(Version::HTTP_11, &map, &[]),
                 Err(HandshakeError::InvalidKey),
                 "{key}"
             );
@@ -222,7 +297,10 @@ mod tests {
     #[test]
     fn an_http_1_0_upgrade_is_refused() {
         let map = headers(&[("sec-websocket-version", "13"), ("sec-websocket-key", KEY)]);
-        assert_eq!(accept(Version::HTTP_10, &map), Err(HandshakeError::OldHttp));
+        assert_eq!(
+            accept(Version::HTTP_10, &map, &[]),
+            Err(HandshakeError::OldHttp)
+        );
     }
 
     #[test]

@@ -70,6 +70,16 @@ pub enum Mode {
     Binary,
     /// Text frames carry base64 (the legacy `base64` subprotocol).
     Base64,
+    /// A `--subprotocol` name (SIP over WebSocket, say): bytes as with `binary`, and the
+    /// payload of the client's text frames goes to the target as it is too.
+    Other,
+}
+
+impl Mode {
+    /// Whether payloads are base64 text (target bytes are encoded, client text decoded).
+    fn encodes(self) -> bool {
+        matches!(self, Mode::Base64)
+    }
 }
 
 /// Relay settings that come from the command line.
@@ -569,9 +579,10 @@ where
             return false;
         }
         if self.up.start < self.up.end && (!self.up.held || !self.up.phase.is_open()) {
-            let source = match self.mode {
-                Mode::Binary => &self.up.buf,
-                Mode::Base64 => &self.up.decoded,
+            let source = if self.mode.encodes() {
+                &self.up.decoded
+            } else {
+                &self.up.buf
             };
             let buf = source.as_deref().unwrap_or(&[]);
             match Pin::new(&mut *self.target).poll_write(cx, &buf[self.up.start..self.up.end]) {
@@ -622,13 +633,14 @@ where
             return false;
         }
         let limit = match self.mode {
-            Mode::Binary => BUF_SIZE,
+            Mode::Binary | Mode::Other => BUF_SIZE,
             Mode::Base64 => BUF_SIZE / 4 * 3,
         };
         let result = {
-            let read_into = match self.mode {
-                Mode::Binary => self.down.buf.get_or_insert_with(Buf::take),
-                Mode::Base64 => self.down.raw.get_or_insert_with(Buf::take),
+            let read_into = if self.mode.encodes() {
+                self.down.raw.get_or_insert_with(Buf::take)
+            } else {
+                self.down.buf.get_or_insert_with(Buf::take)
             };
             let mut read_buf = ReadBuf::new(&mut read_into[HEADROOM..HEADROOM + limit]);
             match Pin::new(&mut *self.target).poll_read(cx, &mut read_buf) {
@@ -682,9 +694,10 @@ where
             record::traffic(Token::TargetReceive);
         }
         if let Some(recording) = &mut self.recording {
-            let raw = match self.mode {
-                Mode::Binary => &self.down.buf,
-                Mode::Base64 => &self.down.raw,
+            let raw = if self.mode.encodes() {
+                &self.down.raw
+            } else {
+                &self.down.buf
             };
             if let Some(raw) = raw.as_deref() {
                 recording.from_target(&raw[HEADROOM..HEADROOM + n]);
@@ -794,7 +807,7 @@ where
                     if self.traffic && message_end {
                         record::traffic(Token::ClientReceive);
                     }
-                    if matches!(kind, DataKind::Binary)
+                    if (kind == DataKind::Binary || self.mode == Mode::Other)
                         && let Some(recording) = &mut self.recording
                     {
                         recording.client_part(&buf[start..end], message_end);
@@ -833,7 +846,7 @@ where
                                 .copy_from_slice(&buf[start..end]);
                             out = Some((out_start, out_end + (end - start)));
                         }
-                        (Mode::Binary, DataKind::Binary) => {
+                        (Mode::Binary, DataKind::Binary) | (Mode::Other, _) => {
                             let (out_start, out_end) = *out.get_or_insert((start, start));
                             if start != out_end {
                                 buf.copy_within(start..end, out_end);
@@ -871,7 +884,7 @@ where
             // wait for it, so the frame reaches the target in one write. Longer frames
             // stream through as they arrive.
             let room = (buf.len() - end) as u64;
-            self.up.held = self.mode == Mode::Binary
+            self.up.held = !self.mode.encodes()
                 && start < end
                 && self.up.phase.is_open()
                 && self

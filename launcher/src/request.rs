@@ -11,6 +11,7 @@
 //! The order of the checks for an upgrade: handshake validity, then authentication (so that
 //! unauthenticated clients cannot probe tokens or load a backend), then the token lookup.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,7 +48,7 @@ pub struct Upgraded {
     /// Request path (without the query, which may hold a token), for the log.
     pub path: String,
     /// The subprotocol we answered with, for the log.
-    pub protocol: Option<&'static str>,
+    pub protocol: Option<Cow<'static, str>>,
     /// Where this session goes (from the token, or the configured target).
     pub target: Target,
 }
@@ -138,7 +139,7 @@ pub async fn serve(
         }
     };
     if let Err(reject) = admission.admit(&head.request) {
-        log_refusal(&reject, &head.request);
+        log_refusal(&reject, &head.request, shared.config.token_path);
         let _ = http::write_response(&mut stream, reject.response()).await;
         let _ = stream.shutdown().await;
         return Ok(None);
@@ -155,7 +156,7 @@ pub async fn serve(
         // Only with --web, which went to hyper above.
         Ok(Routed::Web(_)) => return Ok(None),
         Err(reject) => {
-            log_refusal(&reject, &head.request);
+            log_refusal(&reject, &head.request, shared.config.token_path);
             let _ = http::write_response(&mut stream, reject.response()).await;
             let _ = stream.shutdown().await;
             return Ok(None);
@@ -265,7 +266,7 @@ async fn respond(mut request: Request<hyper::body::Incoming>, context: &Context)
             response
         }
         Err(reject) => {
-            log_refusal(&reject, &request);
+            log_refusal(&reject, &request, context.shared.config.token_path);
             reject.response()
         }
     }
@@ -297,8 +298,12 @@ async fn route<B>(
         }
         return Ok(Routed::Web(web.serve(request).await));
     }
-    let accept =
-        handshake::accept(request.version(), request.headers()).map_err(Reject::Handshake)?;
+    let accept = handshake::accept(
+        request.version(),
+        request.headers(),
+        &shared.config.subprotocols,
+    )
+    .map_err(Reject::Handshake)?;
     shared
         .auth
         .check(request.headers(), client_cert)
@@ -309,7 +314,7 @@ async fn route<B>(
     };
     Ok(Routed::Upgrade(Decided {
         accept,
-        path: request.uri().path().to_owned(),
+        path: shown_path(request.uri().path(), shared.config.token_path),
         target,
     }))
 }
@@ -325,11 +330,10 @@ fn switching_protocols(accept: &Accept) -> Response<Body> {
     if let Ok(value) = HeaderValue::from_str(&accept.accept_key) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
-    if let Some(protocol) = accept.protocol {
-        headers.insert(
-            header::SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(protocol),
-        );
+    if let Some(protocol) = &accept.protocol
+        && let Ok(value) = HeaderValue::from_str(protocol)
+    {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, value);
     }
     response
 }
@@ -342,16 +346,13 @@ async fn choose_target<B>(
     request: &Request<B>,
     shared: &Shared,
 ) -> Result<Target, Reject> {
-    let host_token = shared.config.token.as_ref().is_some_and(|t| t.host_token);
-    let token = token::token_from_request(request.uri(), request.headers(), host_token).ok_or(
-        Reject::TokenMissing {
-            looked_in: if host_token {
-                "Host header"
-            } else {
-                "?token= query parameter"
-            },
-        },
-    )?;
+    let source = token_source(&shared.config);
+    let token =
+        token::token_from_request(request.uri(), request.headers(), source).ok_or_else(|| {
+            Reject::TokenMissing {
+                looked_in: source.describe().into(),
+            }
+        })?;
     let tag = token::token_tag(&token);
     let (result, elapsed) = tokens.lookup_timed(&token).await;
     METRICS.token_lookup(
@@ -372,9 +373,31 @@ async fn choose_target<B>(
     }
 }
 
+/// Where the options say the token is (see [`token::TokenSource`]).
+fn token_source(config: &crate::config::Config) -> token::TokenSource<'_> {
+    if let Some(name) = &config.token_cookie {
+        token::TokenSource::Cookie(name)
+    } else if config.token_path {
+        token::TokenSource::Path
+    } else if config.token.as_ref().is_some_and(|t| t.host_token) {
+        token::TokenSource::Host
+    } else {
+        token::TokenSource::Query
+    }
+}
+
+/// The request path as logged: with `--token-path` its last segment is the token, which the
+/// log never shows (the token's tag is logged instead).
+fn shown_path(path: &str, token_path: bool) -> String {
+    match path.rsplit_once('/') {
+        Some((front, last)) if token_path && !last.is_empty() => format!("{front}/<token>"),
+        _ => path.to_owned(),
+    }
+}
+
 /// One log line per refused request (at most one per second per kind, then a count): the
 /// detail the client is not told. Each refusal of a handshake is counted in the metrics.
-fn log_refusal<B>(reject: &Reject, request: &Request<B>) {
+fn log_refusal<B>(reject: &Reject, request: &Request<B>, token_path: bool) {
     static PLAIN: Throttle = Throttle::new("plain HTTP refused", Level::INFO);
     static HANDSHAKE: Throttle = Throttle::new("WebSocket handshake refused", Level::INFO);
     static AUTH: Throttle = Throttle::new("authentication refused", Level::INFO);
@@ -382,7 +405,8 @@ fn log_refusal<B>(reject: &Reject, request: &Request<B>) {
     static TOKEN_UNKNOWN: Throttle = Throttle::new("token not found", Level::INFO);
     static TOKEN_FAILED: Throttle = Throttle::new("token lookup failed", Level::WARN);
     static LIMIT: Throttle = Throttle::new("connection limit reached", Level::INFO);
-    let path = request.uri().path();
+    let path = shown_path(request.uri().path(), token_path);
+    let path = path.as_str();
     let refusal = match reject {
         Reject::WebSocketOnly => {
             if PLAIN.admit() {

@@ -50,7 +50,7 @@ pub enum Reject {
     /// The token plugin needs a token and the request has none: 400.
     TokenMissing {
         /// Where the token was looked for, for the page.
-        looked_in: &'static str,
+        looked_in: Cow<'static, str>,
     },
     /// The token is unknown to the token plugin: 404.
     TokenUnknown {
@@ -232,7 +232,7 @@ mod tests {
             ),
             (
                 Reject::TokenMissing {
-                    looked_in: "Host header",
+                    looked_in: "Host header".into(),
                 },
                 400,
                 Some("Token not present"),

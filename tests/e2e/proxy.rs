@@ -118,6 +118,49 @@ async fn answers_the_rfc_6455_handshake_and_chooses_subprotocols() {
 }
 
 #[tokio::test]
+async fn a_subprotocol_given_with_the_option_is_echoed_and_relays_bytes() {
+    let mut config = config_to(echo_server().await);
+    config.subprotocols = vec!["sip".into()];
+    let server = TestServer::start(config).await;
+    // A SIP-over-WebSocket client (RFC 7118) offers `sip` and sends text and binary frames;
+    // the target gets the bytes either way, and they come back in binary frames.
+    let (mut client, head) = raw_upgrade(server.addr, "Sec-WebSocket-Protocol: sip\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(head.contains("sec-websocket-protocol: sip\r\n"), "{head}");
+    let register = b"REGISTER sip:example.org SIP/2.0\r\n\r\n";
+    client
+        .write_all(&client_frame(0x82, register))
+        .await
+        .expect("send");
+    assert_eq!(read_frame(&mut client).await, (0x82, register.to_vec()));
+    let options = b"OPTIONS sip:example.org SIP/2.0\r\n\r\n";
+    client
+        .write_all(&client_frame(0x81, options))
+        .await
+        .expect("send");
+    assert_eq!(read_frame(&mut client).await, (0x82, options.to_vec()));
+    // The first accepted name in the client's order wins; unknown ones are still refused.
+    for (offer, chosen) in [("chat, sip, binary", "sip"), ("binary, sip", "binary")] {
+        let (_s, head) =
+            raw_upgrade(server.addr, &format!("Sec-WebSocket-Protocol: {offer}\r\n")).await;
+        assert!(
+            head.contains(&format!("sec-websocket-protocol: {chosen}\r\n")),
+            "{offer}: {head}"
+        );
+    }
+    let (_s, head) = raw_upgrade(server.addr, "Sec-WebSocket-Protocol: chat\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+
+    // tungstenite as the client checks that the answer is the protocol it offered.
+    let mut ws = ws_client(&server, Some("sip")).await;
+    within("send", ws.send(Message::binary(register.to_vec())))
+        .await
+        .expect("send");
+    assert_eq!(read_echo(&mut ws, register.len()).await, register);
+    within("close", ws.close(None)).await.expect("close");
+}
+
+#[tokio::test]
 async fn refuses_bad_handshakes_and_plain_http_with_a_status() {
     let server = TestServer::start(config_to(echo_server().await)).await;
     let cases = [

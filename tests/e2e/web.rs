@@ -1839,6 +1839,110 @@ async fn host_token_takes_the_token_from_the_host_header() {
     assert_eq!(reply.status, 400, "no Host header: {reply:?}");
 }
 
+#[tokio::test]
+async fn token_cookie_takes_the_token_from_a_cookie() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let targets = named_targets(2).await;
+    let file = tmp.path().join("tokens.cfg");
+    write(
+        &file,
+        format!("vm1: {}\nvm two: {}\n", targets[0].0, targets[1].0),
+    );
+    let mut config = token_config("TokenFile", path_str(&file));
+    config.token_cookie = Some("vnc_token".into());
+    let server = TestServer::start(config).await;
+    let addr = server.addr;
+    for (cookies, name) in [
+        ("Cookie: vnc_token=vm1\r\n", "target-0"),
+        // Among other cookies, with spaces, quoted, percent-encoded (encodeURIComponent).
+        (
+            "Cookie: session=abc;  vnc_token=vm1 ; theme=dark\r\n",
+            "target-0",
+        ),
+        ("Cookie: vnc_token=\"vm1\"\r\n", "target-0"),
+        ("Cookie: vnc_token=vm%20two\r\n", "target-1"),
+        ("Cookie: a=b\r\nCookie: vnc_token=vm1\r\n", "target-0"),
+    ] {
+        let (mut conn, reply) = upgrade(addr, "/websockify", cookies).await;
+        assert_switched(&reply, cookies);
+        assert_eq!(conn.ws_line().await, name, "{cookies}");
+        conn.ws_echo(b"by cookie").await;
+    }
+    // Only the cookie counts: the cookie wins over ?token=, and ?token= alone is no token.
+    let (mut conn, reply) = upgrade(
+        addr,
+        "/websockify?token=vm%20two",
+        "Cookie: vnc_token=vm1\r\n",
+    )
+    .await;
+    assert_switched(&reply, "cookie and query");
+    assert_eq!(conn.ws_line().await, "target-0");
+    for (path, cookies) in [
+        ("/websockify", ""),
+        ("/websockify?token=vm1", ""),
+        ("/websockify", "Cookie: other=vm1; VNC_TOKEN=vm1\r\n"),
+        ("/websockify", "Cookie: vnc_token=\r\n"),
+    ] {
+        let (_conn, reply) = upgrade(addr, path, cookies).await;
+        assert_refused(
+            &reply,
+            400,
+            "Token not present",
+            &format!("{path} {cookies}"),
+        );
+        assert!(reply.text().contains("cookie vnc_token"), "{reply:?}");
+    }
+    let (_conn, reply) = upgrade(addr, "/websockify", "Cookie: vnc_token=vm3\r\n").await;
+    assert_refused(&reply, 404, "Token not found", "unknown cookie token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_path_takes_the_token_from_the_last_path_segment_and_never_logs_it() {
+    const TOKEN: &str = "pAtHtOkEn-5e1d";
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let targets = named_targets(2).await;
+    let file = tmp.path().join("tokens.cfg");
+    write(
+        &file,
+        format!("{TOKEN}: {}\nvm two: {}\n", targets[0].0, targets[1].0),
+    );
+    let (child, addr) = start_logged(&[
+        "--verbose",
+        "--token-plugin",
+        "TokenFile",
+        "--token-source",
+        path_str(&file),
+        "--token-path",
+        "127.0.0.1:0",
+    ]);
+    for (path, name) in [
+        (format!("/websockify/{TOKEN}"), "target-0"),
+        (format!("/{TOKEN}"), "target-0"),
+        (format!("/proxy/vnc/{TOKEN}?token=vm%20two&x=1"), "target-0"),
+        ("/websockify/vm%20two".to_owned(), "target-1"),
+    ] {
+        let (mut conn, reply) = upgrade(addr, &path, "").await;
+        assert_switched(&reply, &path);
+        assert_eq!(conn.ws_line().await, name, "{path}");
+        conn.ws_echo(b"by path").await;
+    }
+    for path in ["/websockify/", "/websockify/?token=vm1", "/"] {
+        let (_conn, reply) = upgrade(addr, path, "").await;
+        assert_refused(&reply, 400, "Token not present", path);
+    }
+    let (_conn, reply) = upgrade(addr, "/websockify/uNkNoWn-77a1", "").await;
+    assert_refused(&reply, 404, "Token not found", "unknown path token");
+
+    let lines = stop_and_collect(child).await;
+    let log = lines.join("\n");
+    assert!(
+        log.contains("/websockify/<token>"),
+        "no path logged:\n{log}"
+    );
+    assert!(log.contains("session closed"), "no session logged:\n{log}");
+    assert_no_token(&lines, &[TOKEN, "uNkNoWn-77a1"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_never_contains_the_token() {
     const GOOD: &str = "gOoDtOkEn-71c2e9";

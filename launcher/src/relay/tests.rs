@@ -607,7 +607,7 @@ async fn bytes_sent_with_the_handshake_are_relayed_first() {
 /// mode, where the raw bytes and their encoding are separate).
 fn in_flight_limit(setup: &Setup) -> usize {
     let buffers = match setup.mode {
-        Mode::Binary => BUF_SIZE + HEADROOM,
+        Mode::Binary | Mode::Other => BUF_SIZE + HEADROOM,
         Mode::Base64 => BUF_SIZE / 4 * 3 + BUF_SIZE + 2 * HEADROOM,
     };
     setup.client_buffer + buffers + setup.target_buffer

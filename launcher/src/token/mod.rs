@@ -2,7 +2,9 @@
 //! upgrade request into a [`Target`].
 //!
 //! ```text
-//! token_from_request   ?token=... (parse_qs rules) or, with --host-token, the Host header
+//! token_from_request   one source, chosen by the options (TokenSource): ?token=... (parse_qs
+//!                      rules), or the Host header (--host-token), a cookie (--token-cookie)
+//!                      or the last path segment (--token-path)
 //!        |
 //! Tokens::lookup       one backend, built once by Tokens::new and shared by all connections:
 //!                      TokenFile / ReadOnlyTokenFile   cached `token: host:port` files     file.rs
@@ -45,7 +47,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use hyper::Uri;
-use hyper::header::{HOST, HeaderMap};
+use hyper::header::{COOKIE, HOST, HeaderMap};
 use tracing::debug;
 
 use crate::config::Target;
@@ -218,23 +220,91 @@ pub fn outcome(result: &Result<Option<Target>, TokenError>) -> &'static str {
     }
 }
 
-/// The token of an upgrade request: the first non-empty `token` query parameter (percent-decoded,
-/// `+` as space, trailing newlines stripped, as upstream's `parse_qs`), or with `host_token` the
-/// Host header without its port (`[::1]:6080` gives `::1`, where upstream cuts at the first `:`).
-pub fn token_from_request(uri: &Uri, headers: &HeaderMap, host_token: bool) -> Option<String> {
-    let token = if host_token {
-        let host = match headers.get(HOST) {
-            Some(value) => value.to_str().ok()?.trim().to_owned(),
-            None => uri.authority()?.as_str().rsplit('@').next()?.to_owned(),
-        };
-        host_without_port(&host)?.to_owned()
-    } else {
-        // parse_qs drops blank values, so `?token=&token=abc` yields "abc".
-        let (_, value) = form_urlencoded::parse(uri.query()?.as_bytes())
-            .find(|(key, value)| key == "token" && !value.is_empty())?;
-        value.trim_end_matches('\n').to_owned()
+/// Where the token of an upgrade request is read: exactly one place, chosen by the options
+/// (`--host-token`, `--token-cookie` and `--token-path` exclude each other; none of them means
+/// `?token=`). A request whose token is elsewhere has none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource<'a> {
+    /// The first non-empty `token` query parameter (upstream's default).
+    Query,
+    /// The Host header without its port (`--host-token`).
+    Host,
+    /// The cookie of this name (`--token-cookie NAME`).
+    Cookie(&'a str),
+    /// The last segment of the path, `/websockify/TOKEN` (`--token-path`).
+    Path,
+}
+
+impl TokenSource<'_> {
+    /// Where the token was looked for, for the page of a request that has none.
+    pub fn describe(&self) -> String {
+        match self {
+            TokenSource::Query => "?token= query parameter".into(),
+            TokenSource::Host => "Host header".into(),
+            TokenSource::Cookie(name) => format!("cookie {name}"),
+            TokenSource::Path => "last segment of the path (/websockify/TOKEN)".into(),
+        }
+    }
+}
+
+/// The token of an upgrade request, from `source`:
+/// - query: the first non-empty `token` parameter (percent-decoded, `+` as space, trailing
+///   newlines stripped, as upstream's `parse_qs`);
+/// - Host: the header without its port (`[::1]:6080` gives `::1`, where upstream cuts at the
+///   first `:`);
+/// - cookie: the first non-empty cookie of that name in the `Cookie` headers (`a=1; b=2`,
+///   spaces around pairs ignored, a value in double quotes unquoted, then percent-decoded as
+///   `encodeURIComponent` writes it);
+/// - path: the last segment of the path, percent-decoded; the query is not part of it, and an
+///   empty last segment (`/websockify/`) is no token.
+pub fn token_from_request(uri: &Uri, headers: &HeaderMap, source: TokenSource) -> Option<String> {
+    let token = match source {
+        TokenSource::Host => {
+            let host = match headers.get(HOST) {
+                Some(value) => value.to_str().ok()?.trim().to_owned(),
+                None => uri.authority()?.as_str().rsplit('@').next()?.to_owned(),
+            };
+            host_without_port(&host)?.to_owned()
+        }
+        TokenSource::Query => {
+            // parse_qs drops blank values, so `?token=&token=abc` yields "abc".
+            let (_, value) = form_urlencoded::parse(uri.query()?.as_bytes())
+                .find(|(key, value)| key == "token" && !value.is_empty())?;
+            value.trim_end_matches('\n').to_owned()
+        }
+        TokenSource::Cookie(name) => cookie(headers, name)?,
+        TokenSource::Path => {
+            let segment = uri.path().rsplit('/').next()?;
+            percent_encoding::percent_decode_str(segment)
+                .decode_utf8_lossy()
+                .into_owned()
+        }
     };
     (!token.is_empty()).then_some(token)
+}
+
+/// The first non-empty value of cookie `name` (RFC 6265 section 5.4 `name=value; ...`; names
+/// are case-sensitive).
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b';'))
+        .filter_map(|pair| {
+            let pair = std::str::from_utf8(pair).ok()?;
+            let (key, value) = pair.split_once('=')?;
+            if key.trim() != name {
+                return None;
+            }
+            let value = value.trim();
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            let value = percent_encoding::percent_decode_str(value).decode_utf8_lossy();
+            (!value.is_empty()).then(|| value.into_owned())
+        })
+        .next()
 }
 
 fn host_without_port(host: &str) -> Option<&str> {
@@ -318,7 +388,71 @@ mod tests {
         if let Some(host) = host {
             headers.insert(HOST, host.parse().expect("header"));
         }
-        token_from_request(&uri, &headers, host_token)
+        let source = if host_token {
+            TokenSource::Host
+        } else {
+            TokenSource::Query
+        };
+        token_from_request(&uri, &headers, source)
+    }
+
+    fn cookie_token(cookies: &[&str], name: &str) -> Option<String> {
+        let uri: Uri = "/websockify?token=query".parse().expect("uri");
+        let mut headers = HeaderMap::new();
+        for cookie in cookies {
+            headers.append(COOKIE, cookie.parse().expect("header"));
+        }
+        token_from_request(&uri, &headers, TokenSource::Cookie(name))
+    }
+
+    #[test]
+    fn token_comes_from_the_named_cookie() {
+        let one = |header: &str| cookie_token(&[header], "vnc_token");
+        assert_eq!(one("vnc_token=abc"), Some("abc".into()));
+        assert_eq!(
+            one("session=x; vnc_token=abc; theme=dark"),
+            Some("abc".into())
+        );
+        assert_eq!(one("session=x;vnc_token=abc"), Some("abc".into()));
+        assert_eq!(one("  vnc_token = abc  ; x=y"), Some("abc".into()));
+        assert_eq!(
+            one("vnc_token=\"quoted value\""),
+            Some("quoted value".into())
+        );
+        assert_eq!(one("vnc_token=a%20b%2Fc"), Some("a b/c".into()));
+        assert_eq!(one("vnc_token=a+b"), Some("a+b".into()));
+        assert_eq!(one("vnc_token=x=y"), Some("x=y".into()));
+        // The first non-empty one wins; names are case-sensitive and must match whole.
+        assert_eq!(one("vnc_token=; vnc_token=second"), Some("second".into()));
+        assert_eq!(
+            one("vnc_token=first; vnc_token=second"),
+            Some("first".into())
+        );
+        assert_eq!(one("VNC_TOKEN=abc"), None);
+        assert_eq!(one("my_vnc_token=abc; vnc_token_2=abc"), None);
+        assert_eq!(one("vnc_token"), None);
+        assert_eq!(one("vnc_token=\"\""), None);
+        assert_eq!(
+            cookie_token(&["a=1", "vnc_token=from-second-header"], "vnc_token"),
+            Some("from-second-header".into())
+        );
+        // Only the cookie counts: ?token= in the same request is not looked at.
+        assert_eq!(cookie_token(&[], "vnc_token"), None);
+    }
+
+    #[test]
+    fn token_comes_from_the_last_path_segment() {
+        let p = |uri: &str| {
+            let uri: Uri = uri.parse().expect("uri");
+            token_from_request(&uri, &HeaderMap::new(), TokenSource::Path)
+        };
+        assert_eq!(p("/websockify/abc"), Some("abc".into()));
+        assert_eq!(p("/abc"), Some("abc".into()));
+        assert_eq!(p("/a/b/c/vm%201?token=other&x=1"), Some("vm 1".into()));
+        assert_eq!(p("/websockify/a+b"), Some("a+b".into()));
+        assert_eq!(p("/websockify/"), None);
+        assert_eq!(p("/"), None);
+        assert_eq!(p("/websockify/?token=abc"), None);
     }
 
     #[test]
