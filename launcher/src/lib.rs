@@ -46,6 +46,7 @@ pub mod client;
 pub mod config;
 pub mod connection;
 pub mod daemon;
+pub mod entry;
 pub mod frame;
 pub mod handshake;
 pub mod http;
@@ -68,6 +69,7 @@ pub mod tls;
 pub mod token;
 pub mod web;
 pub mod wrap;
+pub mod wswrap;
 
 pub use config::{Config, Target};
 pub use server::run;
