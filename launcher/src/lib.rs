@@ -53,6 +53,7 @@ pub mod http;
 pub mod limits;
 pub mod listen;
 pub mod logging;
+pub mod manual;
 pub mod metrics;
 pub mod process;
 pub mod proxy_header;
