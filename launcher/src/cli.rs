@@ -38,7 +38,7 @@ pub struct UsageError {
 }
 
 impl UsageError {
-    fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
         UsageError {
             message: message.into(),
         }
@@ -50,7 +50,7 @@ impl UsageError {
     }
 }
 
-const USAGE_LINES: [&str; 4] = [
+pub(crate) const USAGE_LINES: [&str; 4] = [
     "[source_addr:]source_port target_addr:target_port",
     "--token-plugin=CLASS [source_addr:]source_port",
     "--unix-target=FILE [source_addr:]source_port",
@@ -58,7 +58,7 @@ const USAGE_LINES: [&str; 4] = [
 ];
 
 /// Upstream's usage block, `Usage: ` line included, ending with a newline.
-fn usage_block(prog: &str) -> String {
+pub(crate) fn usage_block(prog: &str) -> String {
     let mut block = String::from("Usage: \n");
     for line in USAGE_LINES {
         block.push_str(&format!("    {prog} [options] {line}\n"));
@@ -66,7 +66,7 @@ fn usage_block(prog: &str) -> String {
     block
 }
 
-const INTRO: &str = "\
+pub(crate) const INTRO: &str = "\
 Bridges WebSocket clients (such as noVNC) to a TCP or Unix-socket server.
 
 Arguments:
@@ -468,7 +468,7 @@ fn py_repr(s: &str) -> String {
 }
 
 /// The clap command: the derived options plus help/version, under our help template.
-fn command(prog: &str) -> Command {
+pub(crate) fn command(prog: &str) -> Command {
     Cli::command()
         .next_help_heading("Information")
         .arg(
@@ -487,15 +487,22 @@ fn command(prog: &str) -> Command {
         .help_template(format!("{}\n{INTRO}{{all-args}}", usage_block(prog)))
 }
 
+/// The options the scanner knows: long name, short letter, whether each takes a value.
+pub(crate) fn specs(cmd: &Command) -> Vec<Spec<'_>> {
+    cmd.get_arguments()
+        .filter_map(|a| Some((a.get_long()?, a.get_short(), a.get_action().takes_values())))
+        .collect()
+}
+
 /// Why the scanner stopped before the end of argv.
-enum Stop {
+pub(crate) enum Stop {
     Error(UsageError),
     Help,
     Version,
 }
 
 /// One option as the scanner sees it: long name, short letter, whether it takes a value.
-type Spec<'a> = (&'a str, Option<char>, bool);
+pub(crate) type Spec<'a> = (&'a str, Option<char>, bool);
 
 /// Output of the optparse-style scan: canonical option tokens and the positionals, in order.
 #[derive(Default)]
@@ -517,7 +524,7 @@ impl Scan {
 }
 
 /// optparse's `_match_abbrev`: an exact name, else the only option it is a prefix of.
-fn match_long<'a>(specs: &[Spec<'a>], name: &str) -> Result<Spec<'a>, Stop> {
+pub(crate) fn match_long<'a>(specs: &[Spec<'a>], name: &str) -> Result<Spec<'a>, Stop> {
     if let Some(spec) = specs.iter().find(|s| s.0 == name) {
         return Ok(*spec);
     }
@@ -632,10 +639,7 @@ where
     let args: Vec<String> = argv.collect();
 
     let mut cmd = command(&prog);
-    let specs: Vec<Spec> = cmd
-        .get_arguments()
-        .filter_map(|a| Some((a.get_long()?, a.get_short(), a.get_action().takes_values())))
-        .collect();
+    let specs = specs(&cmd);
     let mut scanned = Scan::default();
     let stop = scan(&specs, &args, &mut scanned).err();
 

@@ -47,6 +47,10 @@ pub enum WrapMode {
     Ignore,
     /// Start the program again, at most three times in ten seconds.
     Respawn,
+    /// Exit once the program and every process it started have exited, with the program's
+    /// status: `wswrap`'s default, so that a program that daemonizes (vncserver starts Xvnc
+    /// and exits) stays served, as with the old interposer that lived inside the program.
+    Tree,
 }
 
 /// Everything the server needs to know, decided before the first connection.

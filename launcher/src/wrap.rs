@@ -169,6 +169,8 @@ pub struct Wrapper {
     /// Process group (= pid) of the current start of the program.
     child: Option<Pid>,
     starts: VecDeque<Instant>,
+    /// `WrapMode::Tree`: the program exited with this status while its descendants live on.
+    tree_status: Option<i32>,
 }
 
 /// How supervision ended.
@@ -176,7 +178,7 @@ pub struct Wrapper {
 pub enum WrapEnd {
     /// The server is shutting down for another reason.
     Shutdown,
-    /// `--wrap-mode=exit` and the program exited with this status code.
+    /// `--wrap-mode=exit` (or [`WrapMode::Tree`]) and the program exited with this status code.
     ProgramExited(i32),
 }
 
@@ -203,6 +205,7 @@ impl Wrapper {
             library,
             child: None,
             starts: VecDeque::new(),
+            tree_status: None,
         })
     }
 
@@ -272,6 +275,7 @@ impl Wrapper {
                 match self.mode {
                     WrapMode::Exit => return Ok(WrapEnd::ProgramExited(code)),
                     WrapMode::Ignore => {}
+                    WrapMode::Tree => self.tree_status = Some(code),
                     WrapMode::Respawn => {
                         self.wait_respawn_slot(&shutdown).await;
                         if shutdown.is_cancelled() {
@@ -280,6 +284,16 @@ impl Wrapper {
                         self.spawn()?;
                         listen_deadline = Some(Instant::now() + LISTEN_DEADLINE);
                     }
+                }
+            }
+            if let Some(code) = self.tree_status {
+                let me = std::process::id() as i32;
+                if tokio::task::spawn_blocking(move || descendants(me).is_empty())
+                    .await
+                    .unwrap_or(false)
+                {
+                    tracing::info!("the wrapped program and every process it started have exited");
+                    return Ok(WrapEnd::ProgramExited(code));
                 }
             }
             if let Some(deadline) = listen_deadline {

@@ -1084,6 +1084,94 @@ async fn a_client_arriving_before_the_program_listens_waits_for_it() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// 8. wswrap PORT PROGRAM ARGS (the old noVNC wrapper's command line)
+
+/// `wswrap 127.0.0.1:PORT <program(PORT)>` on a free port, once its banner is out.
+fn start_wswrap(program: impl Fn(u16) -> Vec<String>) -> Wrapped {
+    for attempt in 0..2 {
+        let port = free_port();
+        let mut args = vec![format!("127.0.0.1:{port}")];
+        args.extend(program(port));
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_wswrap"))
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .env_remove("RUST_LOG")
+            .spawn()
+            .expect("spawn wswrap");
+        let ws = ChildGuard::new(child);
+        match next_line(&ws, &["  - listening on", "cannot listen"]) {
+            Some(line) if line.contains("listening on") => return Wrapped { ws, port },
+            Some(line) if attempt == 0 => eprintln!("port {port} was taken: {line}"),
+            other => panic!("wswrap {args:?} did not start: {other:?}"),
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wswrap_serves_a_program_that_daemonizes_until_its_last_process_exits() {
+    let Some(py) = PyServer::new() else { return };
+    // The seed's `wswrap 5901 vncserver :1`: vncserver starts the real server and exits.
+    let mut server = start_wswrap(|p| {
+        vec![
+            "sh".into(),
+            "-c".into(),
+            format!("{} & exit 3", py.shell(p, "4", &[])),
+        ]
+    });
+    server.lines(&[
+        "wrapped program exited (status 3)",
+        "wrapped program listens on loopback port",
+    ]);
+    let tree = descendants(server.ws.pid);
+    assert_eq!(tree.len(), 1, "the server, adopted by wswrap: {tree:?}");
+    let _cleanup = KillOnDrop::new(&tree);
+    assert_public_port_held_only_by_websockify(server.ws.pid, server.port);
+    assert_python_session(server.public_v4()).await;
+
+    // When the last process of the program is gone, wswrap exits with the program's status.
+    // SAFETY: kill(2) on the server this test started (its pid was just read from /proc).
+    unsafe { libc::kill(tree[0], libc::SIGTERM) };
+    server.line("every process it started have exited");
+    let status = server.exit();
+    assert_eq!(status.code(), Some(3), "wswrap: {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wswrap_passes_websockify_options_and_a_foreground_program_ends_it() {
+    let Some(py) = PyServer::new() else { return };
+    let port = free_port();
+    let mut argv = vec![
+        "--wrap-mode=exit".to_owned(),
+        "-v".to_owned(),
+        format!("127.0.0.1:{port}"),
+    ];
+    argv.extend(py.argv(port, "4", &[]));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_wswrap"))
+        .args(&argv)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .env_remove("RUST_LOG")
+        .spawn()
+        .expect("spawn wswrap");
+    let mut server = Wrapped {
+        ws: ChildGuard::new(child),
+        port,
+    };
+    let program = server.started_pid();
+    server.moved_port();
+    assert_python_session(server.public_v4()).await;
+    // SAFETY: kill(2) on the program wswrap started for this test.
+    unsafe { libc::kill(program, libc::SIGKILL) };
+    let status = server.exit();
+    // --wrap-mode=exit: the program's end (killed by a signal: 128 + 9) ends wswrap.
+    assert_eq!(status.code(), Some(137), "wswrap: {status:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Helpers' own checks
 
 #[test]
