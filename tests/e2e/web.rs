@@ -1906,7 +1906,7 @@ async fn token_path_takes_the_token_from_the_last_path_segment_and_never_logs_it
         &file,
         format!("{TOKEN}: {}\nvm two: {}\n", targets[0].0, targets[1].0),
     );
-    let (child, addr) = start_logged(&[
+    let (child, addr) = start_websockify(&[
         "--verbose",
         "--token-plugin",
         "TokenFile",

@@ -1086,11 +1086,11 @@ async fn a_client_arriving_before_the_program_listens_waits_for_it() {
 // ---------------------------------------------------------------------------------------------
 // 8. wswrap PORT PROGRAM ARGS (the old noVNC wrapper's command line)
 
-/// `wswrap 127.0.0.1:PORT <program(PORT)>` on a free port, once its banner is out.
-fn start_wswrap(program: impl Fn(u16) -> Vec<String>) -> Wrapped {
-    for attempt in 0..2 {
-        let port = free_port();
-        let mut args = vec![format!("127.0.0.1:{port}")];
+/// `wswrap [OPTIONS] 127.0.0.1:PORT <program(PORT)>` on a free port, once its banner is out.
+fn start_wswrap(options: &[&str], program: impl Fn(u16) -> Vec<String>) -> Wrapped {
+    on_free_port(|port| {
+        let mut args: Vec<String> = options.iter().map(|o| (*o).to_owned()).collect();
+        args.push(format!("127.0.0.1:{port}"));
         args.extend(program(port));
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_wswrap"))
             .args(&args)
@@ -1101,20 +1101,19 @@ fn start_wswrap(program: impl Fn(u16) -> Vec<String>) -> Wrapped {
             .spawn()
             .expect("spawn wswrap");
         let ws = ChildGuard::new(child);
-        match next_line(&ws, &["  - listening on", "cannot listen"]) {
-            Some(line) if line.contains("listening on") => return Wrapped { ws, port },
-            Some(line) if attempt == 0 => eprintln!("port {port} was taken: {line}"),
+        match ws.next_line(&["  - listening on", "cannot listen"]) {
+            Some(line) if line.contains("listening on") => Ok(Wrapped { ws, port }),
+            Some(line) if port_was_taken(&line) => Err(line),
             other => panic!("wswrap {args:?} did not start: {other:?}"),
         }
-    }
-    unreachable!()
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wswrap_serves_a_program_that_daemonizes_until_its_last_process_exits() {
     let Some(py) = PyServer::new() else { return };
     // The seed's `wswrap 5901 vncserver :1`: vncserver starts the real server and exits.
-    let mut server = start_wswrap(|p| {
+    let mut server = start_wswrap(&[], |p| {
         vec![
             "sh".into(),
             "-c".into(),
@@ -1142,25 +1141,7 @@ async fn wswrap_serves_a_program_that_daemonizes_until_its_last_process_exits() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wswrap_passes_websockify_options_and_a_foreground_program_ends_it() {
     let Some(py) = PyServer::new() else { return };
-    let port = free_port();
-    let mut argv = vec![
-        "--wrap-mode=exit".to_owned(),
-        "-v".to_owned(),
-        format!("127.0.0.1:{port}"),
-    ];
-    argv.extend(py.argv(port, "4", &[]));
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_wswrap"))
-        .args(&argv)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .env_remove("RUST_LOG")
-        .spawn()
-        .expect("spawn wswrap");
-    let mut server = Wrapped {
-        ws: ChildGuard::new(child),
-        port,
-    };
+    let mut server = start_wswrap(&["--wrap-mode=exit", "-v"], |port| py.argv(port, "4", &[]));
     let program = server.started_pid();
     server.moved_port();
     assert_python_session(server.public_v4()).await;
