@@ -243,6 +243,10 @@ struct WebArgs {
     /// client offers among binary and these is answered, and bytes are relayed as with binary
     #[arg(long, value_name = "NAME", action = ArgAction::Append)]
     subprotocol: Vec<String>,
+    /// Also accept clients of the 2010 Hixie-75/76 WebSocket drafts (no masking; browsers
+    /// dropped them in 2011), with base64 in every frame
+    #[arg(long)]
+    hixie: bool,
 }
 
 #[derive(Args, Debug)]
@@ -936,6 +940,7 @@ fn build(cli: Cli, wrap: bool) -> Result<Settings, UsageError> {
     }
     config.shutdown_delay = Duration::from_secs(fleet.shutdown_delay.min(u32::MAX.into()));
     config.drain_timeout = Duration::from_secs(fleet.drain_timeout.min(u32::MAX.into()));
+    config.hixie = w.hixie;
     config.token_cookie = token_cookie;
     config.token_path = w.token_path;
     config.token = token_plugin.map(|plugin| TokenSettings {

@@ -117,6 +117,8 @@ pub struct Config {
     pub token_cookie: Option<String>,
     /// Take the token from the last segment of the request path (`--token-path`).
     pub token_path: bool,
+    /// Accept Hixie-75/76 WebSocket clients (`--hixie`).
+    pub hixie: bool,
 }
 
 /// `--metrics-listen [host:]port`; without a host, loopback only (metrics are not public).
@@ -280,6 +282,7 @@ impl Config {
             subprotocols: Vec::new(),
             token_cookie: None,
             token_path: false,
+            hixie: false,
         }
     }
 }

@@ -151,6 +151,7 @@ pub async fn handle(
     tracing::info!(
         path = %upgraded.path,
         protocol = upgraded.protocol.as_deref().unwrap_or("none"),
+        websocket = upgraded.version,
         target = %target_desc,
         "{scheme}:// WebSocket connection, connecting to {target_desc}{tls_note}"
     );
@@ -187,7 +188,7 @@ pub async fn handle(
         connected = connect => connected,
         () = shared.close_sessions.cancelled() => {
             tracing::info!("shutting down while connecting to {target_desc}");
-            relay::send_close(&mut client, close_code::GOING_AWAY, "Server shutting down").await;
+            relay::send_close(&mut client, upgraded.mode, close_code::GOING_AWAY, "Server shutting down").await;
             METRICS.session_closed(close_code::GOING_AWAY, 0, 0);
             return;
         }
@@ -198,6 +199,7 @@ pub async fn handle(
             tracing::warn!("Failed to connect to {target_desc}: {err}");
             relay::send_close(
                 &mut client,
+                upgraded.mode,
                 close_code::INTERNAL,
                 "Failed to connect to downstream server",
             )

@@ -505,6 +505,13 @@ impl ControlFrame {
         Self::new(opcode::CLOSE, &payload[..2 + cut])
     }
 
+    /// The close frame of the Hixie drafts, `0xFF 0x00` (`--hixie`).
+    pub fn hixie_close() -> Self {
+        let mut bytes = [0u8; 127];
+        bytes[..2].copy_from_slice(&crate::hixie::CLOSE);
+        ControlFrame { bytes, len: 2 }
+    }
+
     /// The encoded frame.
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len as usize]

@@ -21,6 +21,9 @@ pub struct Accept {
     pub protocol: Option<Cow<'static, str>>,
     /// Binary frames, or base64 in text frames.
     pub mode: Mode,
+    /// A Hixie-75/76 handshake (`--hixie`): its 101 is written by [`crate::hixie`], and
+    /// `accept_key` is empty.
+    pub hixie: Option<crate::hixie::Handshake>,
 }
 
 /// Why an upgrade request is refused; the text is upstream's reason phrase for the 400.
@@ -40,6 +43,16 @@ pub enum HandshakeError {
     OldHttp,
     #[error("Invalid protocol selected")]
     InvalidProtocol,
+    /// A Hixie-75/76 handshake without `--hixie`; the page says how to enable it.
+    #[error("Hixie WebSocket protocol not enabled")]
+    HixieNotEnabled,
+    /// A Hixie handshake after other requests on a `--web` connection: the -76 key bytes
+    /// follow the head, which only the first request's hand-read head can take.
+    #[error("Hixie handshake must be the first request")]
+    HixieNotFirst,
+    /// A malformed Hixie handshake; the text is the reason phrase.
+    #[error("{0}")]
+    Hixie(&'static str),
 }
 
 /// True for a GET whose `Upgrade` header names `websocket` (upstream's test; anything else
@@ -87,6 +100,7 @@ pub fn accept(
         accept_key: accept_key(key),
         protocol,
         mode,
+        hixie: None,
     })
 }
 

@@ -15,7 +15,9 @@
 //!   request::serve       hyper reads heads (16 KiB, 100 fields, deadline), then per request:
 //!     not an upgrade     --web: [--web-auth: auth] -> web::WebRoot::serve (file, listing,
 //!                        redirect); no --web: 405. The connection stays for more requests.
-//!     upgrade            handshake::accept (version, key, subprotocol -> relay::Mode)
+//!     upgrade            handshake::accept (version, key, subprotocol -> relay::Mode), or
+//!                        with --hixie hixie::accept (Hixie-75/76 keys; -76's 8 key bytes
+//!                        are read after the checks, before the 101)
 //!                        -> auth::Auth::check (--allowed-origin, --auth-plugin)
 //!                        -> token::Tokens::lookup (--token-plugin) or the fixed target
 //!                        -> 101; hyper hands the raw stream back
@@ -49,6 +51,7 @@ pub mod daemon;
 pub mod entry;
 pub mod frame;
 pub mod handshake;
+pub mod hixie;
 pub mod http;
 pub mod limits;
 pub mod listen;

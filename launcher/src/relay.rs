@@ -61,6 +61,7 @@ use crate::buffer::{BUF_SIZE, Buf, HEADROOM};
 use crate::frame::{
     self, ControlFrame, DataKind, Decoder, Event, MAX_SERVER_HEADER, ProtocolError, close_code,
 };
+use crate::hixie;
 use crate::record::{self, Recording, Token};
 
 /// How payloads travel in WebSocket frames (chosen by the subprotocol).
@@ -73,12 +74,63 @@ pub enum Mode {
     /// A `--subprotocol` name (SIP over WebSocket, say): bytes as with `binary`, and the
     /// payload of the client's text frames goes to the target as it is too.
     Other,
+    /// A Hixie-75/76 client (`--hixie`): base64 in `0x00 ... 0xFF` frames both ways, close
+    /// `0xFF 0x00`, no pings.
+    Hixie,
 }
 
 impl Mode {
     /// Whether payloads are base64 text (target bytes are encoded, client text decoded).
     fn encodes(self) -> bool {
-        matches!(self, Mode::Base64)
+        matches!(self, Mode::Base64 | Mode::Hixie)
+    }
+
+    /// Our close frame in this mode.
+    fn close_frame(self, code: Option<u16>, reason: &str) -> ControlFrame {
+        match self {
+            Mode::Hixie => ControlFrame::hixie_close(),
+            _ => ControlFrame::close(code, reason),
+        }
+    }
+}
+
+/// Most raw target bytes per frame in the Hixie mode: their base64 and the closing `0xFF`
+/// fit the buffer.
+const HIXIE_RAW: usize = (BUF_SIZE / 4 - 1) * 3;
+
+/// The client's frames, as RFC 6455 or as Hixie frames.
+enum ClientDecoder {
+    Rfc6455(Decoder),
+    Hixie(hixie::Decoder),
+}
+
+impl ClientDecoder {
+    fn next(&mut self, input: &mut [u8], pos: &mut usize) -> Result<Option<Event>, ProtocolError> {
+        match self {
+            ClientDecoder::Rfc6455(decoder) => decoder.next(input, pos),
+            ClientDecoder::Hixie(decoder) => decoder.next(input, pos),
+        }
+    }
+
+    fn control_payload(&self) -> &[u8] {
+        match self {
+            ClientDecoder::Rfc6455(decoder) => decoder.control_payload(),
+            ClientDecoder::Hixie(_) => &[],
+        }
+    }
+
+    fn close_reason(&self) -> &str {
+        match self {
+            ClientDecoder::Rfc6455(decoder) => decoder.close_reason(),
+            ClientDecoder::Hixie(_) => "",
+        }
+    }
+
+    fn data_remaining(&self) -> Option<u64> {
+        match self {
+            ClientDecoder::Rfc6455(decoder) => decoder.data_remaining(),
+            ClientDecoder::Hixie(_) => None,
+        }
     }
 }
 
@@ -164,8 +216,13 @@ pub struct Outcome {
 }
 
 /// Sends a single close frame (used when the target cannot be reached after the 101).
-pub async fn send_close<C: AsyncWrite + Unpin>(client: &mut C, code: u16, reason: &str) {
-    let frame = ControlFrame::close(Some(code), reason);
+pub async fn send_close<C: AsyncWrite + Unpin>(
+    client: &mut C,
+    mode: Mode,
+    code: u16,
+    reason: &str,
+) {
+    let frame = mode.close_frame(Some(code), reason);
     let _ = client.write_all(frame.as_bytes()).await;
     let _ = client.flush().await;
     let _ = client.shutdown().await;
@@ -188,7 +245,10 @@ where
     let mut relay = Relay::new(client, target, mode, initial);
     relay.recording = recording;
     relay.traffic = options.traffic;
-    let heartbeat = options.heartbeat.filter(|d| !d.is_zero());
+    // Hixie clients have no ping.
+    let heartbeat = options
+        .heartbeat
+        .filter(|d| !d.is_zero() && mode != Mode::Hixie);
     let mut next_ping = heartbeat.map(|period| Instant::now() + period);
     let mut linger_until: Option<Instant> = None;
     loop {
@@ -331,7 +391,7 @@ struct Relay<'a, C, T> {
     client: &'a mut C,
     target: &'a mut T,
     mode: Mode,
-    decoder: Decoder,
+    decoder: ClientDecoder,
     up: Up,
     down: Down,
     control: Control,
@@ -360,7 +420,10 @@ where
             client,
             target,
             mode,
-            decoder: Decoder::new(),
+            decoder: match mode {
+                Mode::Hixie => ClientDecoder::Hixie(hixie::Decoder::new()),
+                _ => ClientDecoder::Rfc6455(Decoder::new()),
+            },
             up: Up {
                 phase: Upstream::Open,
                 buf: None,
@@ -407,7 +470,7 @@ where
     fn begin_close(&mut self, code: u16, reason: &str, why: CloseReason) {
         self.set_reason(why);
         if self.down.phase.is_open() {
-            self.down.phase = Downstream::Closing(ControlFrame::close(Some(code), reason));
+            self.down.phase = Downstream::Closing(self.mode.close_frame(Some(code), reason));
         }
     }
 
@@ -635,6 +698,7 @@ where
         let limit = match self.mode {
             Mode::Binary | Mode::Other => BUF_SIZE,
             Mode::Base64 => BUF_SIZE / 4 * 3,
+            Mode::Hixie => HIXIE_RAW,
         };
         let result = {
             let read_into = if self.mode.encodes() {
@@ -712,13 +776,21 @@ where
         let down = &mut self.down;
         let buf = down.buf.get_or_insert_with(Buf::take);
         let (len, kind) = match (self.mode, &down.raw) {
-            (Mode::Base64, Some(raw)) => {
+            (Mode::Base64 | Mode::Hixie, Some(raw)) => {
                 let encoded = base64::engine::general_purpose::STANDARD
                     .encode_slice(&raw[HEADROOM..HEADROOM + n], &mut buf[HEADROOM..])?;
                 (encoded, DataKind::Text)
             }
             _ => (n, DataKind::Binary),
         };
+        if self.mode == Mode::Hixie {
+            buf[HEADROOM - 1] = 0x00;
+            buf[HEADROOM + len] = 0xff;
+            down.start = HEADROOM - 1;
+            down.end = HEADROOM + len + 1;
+            down.started = false;
+            return Ok(());
+        }
         let mut header = [0u8; MAX_SERVER_HEADER];
         let header_len = frame::write_header(&mut header, frame::data_opcode(kind), len);
         let start = HEADROOM - header_len;
@@ -820,7 +892,7 @@ where
                             });
                             break;
                         }
-                        (Mode::Base64, DataKind::Text) => {
+                        (Mode::Base64 | Mode::Hixie, DataKind::Text) => {
                             let (out_start, out_end) = *out.get_or_insert((0, 0));
                             match self.decode_base64(&buf[start..end], out_end, message_end) {
                                 Ok(new_end) => {
@@ -838,7 +910,7 @@ where
                                 }
                             }
                         }
-                        (Mode::Base64, DataKind::Binary) => {
+                        (Mode::Base64 | Mode::Hixie, DataKind::Binary) => {
                             // Old clients send text; raw binary frames are passed as they are.
                             let (out_start, out_end) = *out.get_or_insert((0, 0));
                             let decoded = self.up.decoded.get_or_insert_with(Buf::take);
@@ -869,7 +941,7 @@ where
                     let reason = self.decoder.close_reason().to_owned();
                     if self.down.phase.is_open() {
                         // Echo the client's close, as upstream does.
-                        self.down.phase = Downstream::Closing(ControlFrame::close(code, &reason));
+                        self.down.phase = Downstream::Closing(self.mode.close_frame(code, &reason));
                     }
                     self.set_reason(CloseReason::ClientClosed { code, reason });
                     self.up.phase = Upstream::Draining;

@@ -22,13 +22,14 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::time::Instant;
 use tracing::Level;
 
 use crate::client::{self, ClientAddr};
 use crate::config::Target;
-use crate::handshake::{self, Accept};
+use crate::handshake::{self, Accept, HandshakeError};
+use crate::hixie;
 use crate::http::{self, HeadError, MAX_HEAD, MAX_HEADERS};
 use crate::limits::{Over, Slot};
 use crate::logging::Throttle;
@@ -49,6 +50,8 @@ pub struct Upgraded {
     pub path: String,
     /// The subprotocol we answered with, for the log.
     pub protocol: Option<Cow<'static, str>>,
+    /// The WebSocket protocol, for the log: `rfc6455`, `hixie-75` or `hixie-76`.
+    pub version: &'static str,
     /// Where this session goes (from the token, or the configured target).
     pub target: Target,
 }
@@ -162,17 +165,67 @@ pub async fn serve(
             return Ok(None);
         }
     };
-    http::write_response(&mut stream, switching_protocols(&decided.accept))
-        .await
-        .map_err(|err| RequestError::Upgrade(format!("cannot send the 101: {err}")))?;
+    let mut leftover = head.rest();
+    let version = match &decided.accept.hixie {
+        None => {
+            http::write_response(&mut stream, switching_protocols(&decided.accept))
+                .await
+                .map_err(|err| RequestError::Upgrade(format!("cannot send the 101: {err}")))?;
+            "rfc6455"
+        }
+        Some(hixie) => {
+            let key3 = match hixie.keys {
+                Some(_) => Some(read_key3(&mut stream, &mut leftover, deadline).await?),
+                None => None,
+            };
+            let response = hixie.response(stream.is_tls(), key3.as_ref());
+            let written = async {
+                stream.write_all(&response).await?;
+                stream.flush().await
+            };
+            written
+                .await
+                .map_err(|err| RequestError::Upgrade(format!("cannot send the 101: {err}")))?;
+            hixie.draft.name()
+        }
+    };
     Ok(Some(Upgraded {
         stream,
-        leftover: head.rest(),
+        leftover,
         mode: decided.accept.mode,
         path: decided.path,
         protocol: decided.accept.protocol,
+        version,
         target: decided.target,
     }))
+}
+
+/// The 8 bytes a Hixie-76 client sends after its head, from `leftover` and then the stream,
+/// by the request's deadline; `leftover` keeps what follows them (the first frames).
+async fn read_key3(
+    stream: &mut ClientStream,
+    leftover: &mut Bytes,
+    deadline: Instant,
+) -> Result<[u8; hixie::KEY3_LEN], RequestError> {
+    let mut buf = bytes::BytesMut::from(&leftover[..]);
+    while buf.len() < hixie::KEY3_LEN {
+        let read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await;
+        let failed = match read {
+            Ok(Ok(0)) => "the client closed the connection".to_owned(),
+            Ok(Ok(_)) => continue,
+            Ok(Err(err)) => format!("reading failed: {err}"),
+            Err(_) => "the handshake deadline passed".to_owned(),
+        };
+        METRICS.refused(Refusal::Protocol);
+        return Err(RequestError::Upgrade(format!(
+            "the 8 key bytes of a Hixie-76 handshake did not arrive ({} of 8; {failed})",
+            buf.len()
+        )));
+    }
+    let mut key3 = [0u8; hixie::KEY3_LEN];
+    key3.copy_from_slice(&buf[..hixie::KEY3_LEN]);
+    *leftover = buf.freeze().slice(hixie::KEY3_LEN..);
+    Ok(key3)
 }
 
 /// An upgrade accepted by the hyper service, waiting for hyper to hand the stream over.
@@ -245,6 +298,7 @@ async fn serve_web(
         mode: decided.accept.mode,
         path: decided.path,
         protocol: decided.accept.protocol,
+        version: "rfc6455",
         target: decided.target,
     }))
 }
@@ -254,6 +308,11 @@ async fn serve_web(
 async fn respond(mut request: Request<hyper::body::Incoming>, context: &Context) -> Response<Body> {
     match route(&request, &context.shared, context.client_cert.as_deref()).await {
         Ok(Routed::Web(response)) => response,
+        Ok(Routed::Upgrade(decided)) if decided.accept.hixie.is_some() => {
+            let reject = Reject::Handshake(HandshakeError::HixieNotFirst);
+            log_refusal(&reject, &request, context.shared.config.token_path);
+            reject.response()
+        }
         Ok(Routed::Upgrade(decided)) => {
             let response = switching_protocols(&decided.accept);
             let on_upgrade = hyper::upgrade::on(&mut request);
@@ -298,11 +357,21 @@ async fn route<B>(
         }
         return Ok(Routed::Web(web.serve(request).await));
     }
-    let accept = handshake::accept(
-        request.version(),
-        request.headers(),
-        &shared.config.subprotocols,
-    )
+    let accept = match hixie::detect(request.headers()) {
+        None => handshake::accept(
+            request.version(),
+            request.headers(),
+            &shared.config.subprotocols,
+        ),
+        Some(_) if !shared.config.hixie => Err(HandshakeError::HixieNotEnabled),
+        Some(draft) => hixie::accept(draft, request.version(), request.uri(), request.headers())
+            .map(|hixie| Accept {
+                accept_key: String::new(),
+                protocol: hixie.base64.then_some(Cow::Borrowed("base64")),
+                mode: Mode::Hixie,
+                hixie: Some(hixie),
+            }),
+    }
     .map_err(Reject::Handshake)?;
     shared
         .auth

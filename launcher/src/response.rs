@@ -131,6 +131,15 @@ impl Reject {
                 "This server has as many connections as it takes; try again in a moment.".into()
             }
             Reject::FileUnreadable => "The file could not be read.".into(),
+            Reject::Handshake(HandshakeError::HixieNotEnabled) => {
+                "This is a WebSocket handshake of draft-hixie-thewebsocketprotocol-75 or -76, an \
+                 old protocol without masking that browsers dropped in 2011. Start websockify \
+                 with --hixie to accept it."
+                    .into()
+            }
+            Reject::Handshake(HandshakeError::HixieNotFirst) => {
+                "A Hixie WebSocket handshake must be the first request of its connection.".into()
+            }
             other => other
                 .reason()
                 .unwrap_or(Cow::Borrowed(other.status().canonical_reason().unwrap_or(""))),

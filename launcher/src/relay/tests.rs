@@ -608,7 +608,7 @@ async fn bytes_sent_with_the_handshake_are_relayed_first() {
 fn in_flight_limit(setup: &Setup) -> usize {
     let buffers = match setup.mode {
         Mode::Binary | Mode::Other => BUF_SIZE + HEADROOM,
-        Mode::Base64 => BUF_SIZE / 4 * 3 + BUF_SIZE + 2 * HEADROOM,
+        Mode::Base64 | Mode::Hixie => BUF_SIZE / 4 * 3 + BUF_SIZE + 2 * HEADROOM,
     };
     setup.client_buffer + buffers + setup.target_buffer
 }
