@@ -925,3 +925,90 @@ async fn a_target_error_sends_1011_and_the_linger_ends_a_silent_client() {
         outcome.reason
     );
 }
+
+// ---- Hixie mode ----
+
+/// Reads Hixie frames (`0x00 base64 0xFF`) from `client` until the close `0xFF 0x00` and
+/// EOF; returns the decoded data.
+async fn read_hixie_until_close(client: &mut DuplexStream) -> Vec<u8> {
+    let bytes = read_to_end(client).await;
+    assert!(bytes.ends_with(&[0xff, 0x00]), "no close frame at the end");
+    let mut data = Vec::new();
+    let mut rest = &bytes[..bytes.len() - 2];
+    while let Some((&kind, after)) = rest.split_first() {
+        assert_eq!(kind, 0x00, "a text frame");
+        let end = after.iter().position(|&b| b == 0xff).expect("frame end");
+        data.extend(STANDARD.decode(&after[..end]).expect("base64"));
+        rest = &after[end + 1..];
+    }
+    data
+}
+
+#[tokio::test(start_paused = true)]
+async fn hixie_frames_split_across_reads_decode_whole_and_the_close_is_echoed() {
+    // Three bytes per read: frames, base64 groups and the close all straddle reads. The
+    // heartbeat is set, but Hixie has no ping: nothing but the close reaches the client.
+    let Session {
+        client,
+        mut target,
+        relay,
+        ..
+    } = Setup {
+        mode: Mode::Hixie,
+        client_buffer: 3,
+        heartbeat: Some(Duration::from_secs(1)),
+        ..Setup::default()
+    }
+    .start();
+    let mut bytes = b"\x00aGVsbG8g\xff\x00d29y\xff".to_vec();
+    bytes.extend_from_slice(b"\x80\x02zz\x07skipped\xff\x00bGQh\xff\x00\xff");
+    bytes.extend_from_slice(b"\x00IQ==\xff\xff\x00");
+    let (_, writer) = counting_writer(client, bytes, false);
+    let mut got = vec![0; 13];
+    within("decoded bytes", target.read_exact(&mut got))
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), "hello world!!");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let mut client = writer.await.unwrap();
+    assert_eq!(read_to_end(&mut client).await, [0xff, 0x00]);
+    assert_eq!(read_to_end(&mut target).await, b"");
+    let outcome = outcome(relay).await;
+    assert!(
+        matches!(outcome.reason, CloseReason::ClientClosed { code: None, .. }),
+        "{:?}",
+        outcome.reason
+    );
+    assert_eq!(outcome.bytes_to_target, 13);
+}
+
+#[tokio::test(start_paused = true)]
+async fn hixie_mode_has_backpressure_and_frames_target_data_in_base64() {
+    let setup = Setup {
+        mode: Mode::Hixie,
+        ..Setup::default()
+    };
+    let limit = in_flight_limit(&setup);
+    let Session {
+        mut client,
+        target,
+        relay,
+        ..
+    } = setup.start();
+    let data = pattern(400_000);
+    let (accepted, _writer) = counting_writer(target, data.clone(), true);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let stalled = accepted.load(Ordering::SeqCst);
+    assert!(stalled < data.len(), "the target wrote everything");
+    assert!(
+        stalled <= limit,
+        "{stalled} target bytes accepted, limit {limit}"
+    );
+
+    let received = within("data, then the close", read_hixie_until_close(&mut client)).await;
+    assert!(received == data, "the client got {} bytes", received.len());
+    assert!(matches!(
+        outcome(relay).await.reason,
+        CloseReason::TargetClosed
+    ));
+}
