@@ -336,11 +336,12 @@ async fn bad_base64_or_an_endless_frame_gets_the_close_frame() {
         .expect("read");
     assert_eq!(rest, [0xff, 0x00]);
 
-    // A frame that never ends: streamed, and closed once past the bound (16 MiB).
+    // A frame that never ends is closed once past the bound (16 MiB). Its type (0x01, text
+    // that the draft says to skip) spares the test decoding 16 MiB of base64 in a debug build.
     let (mut stream, _) = hixie_connect(server.addr, &request_75(server.addr, "/", ""), None).await;
     let (mut reader, mut writer) = stream.split();
     let send = async {
-        writer.write_all(b"\x00").await.expect("send");
+        writer.write_all(b"\x01").await.expect("send");
         let block = vec![b'A'; 1 << 20];
         // Writes fail once the server has closed; the bound is 16 blocks.
         for _ in 0..64 {
@@ -355,11 +356,7 @@ async fn bad_base64_or_an_endless_frame_gets_the_close_frame() {
         rest
     };
     let ((), rest) = within("an endless frame", async { tokio::join!(send, receive) }).await;
-    assert!(
-        rest.ends_with(&[0xff, 0x00]),
-        "{:?}",
-        &rest[rest.len().saturating_sub(8)..]
-    );
+    assert_eq!(rest, [0xff, 0x00]);
 }
 
 #[tokio::test]
