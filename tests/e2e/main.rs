@@ -4,6 +4,7 @@
 mod balancer;
 mod cli;
 mod hardening;
+mod jwe;
 mod ops;
 mod proxy;
 mod secrets;
