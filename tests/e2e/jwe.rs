@@ -159,16 +159,13 @@ fn case(pair: &Pair, claims: &Value, tamper: Option<&str>) -> Value {
 /// Starts the binary with `key` as the JWT key file; the child and its address.
 fn start(key: &Path) -> (ChildGuard, SocketAddr) {
     let key = key.to_str().expect("utf-8 path");
-    let child = spawn_websockify(&[
+    start_websockify(&[
         "--token-plugin",
         "JWTTokenApi",
         "--token-source",
         key,
         "127.0.0.1:0",
-    ]);
-    let line = child.wait_for_line("listening on");
-    let addr = listening_addr(&line);
-    (child, addr)
+    ])
 }
 
 /// Sends an upgrade with `?token=`; the stream and the status code of the answer.
@@ -244,8 +241,8 @@ async fn check_pairs(python: &Path, key: &Path, pairs: &[Pair], foreign: Option<
             assert_refused(addr, token, &format!("{name}, {how}")).await;
         }
     }
-    child.wait_for_line("wrong key or tampered token");
-    child.wait_for_line("the JWE's inner JWT: token has expired");
+    block(|| child.wait_for_line("wrong key or tampered token"));
+    block(|| child.wait_for_line("the JWE's inner JWT: token has expired"));
     if let Some(foreign) = foreign {
         let tokens = make_tokens(python, foreign, &[case(&pairs[0], &valid, None)]);
         assert_refused(addr, &tokens[0], "a token made with another key").await;
