@@ -1,6 +1,10 @@
 """Makes JWE tokens with jwcrypto (upstream websockify's JWT library) for tests/e2e/jwe.rs.
 
 Usage: python jwcrypto_tokens.py KEY_FILE < cases.json > tokens.json
+       python jwcrypto_tokens.py --generate KIND KEY_FILE
+
+--generate writes a new key made by jwcrypto: KIND "rsa" (2048 bits) or "ec" (P-256) as a PKCS#8
+PEM private key, "octN" as the base64url text of an N-byte secret.
 
 KEY_FILE is read as upstream's JWTTokenApi reads it: a PEM key, else the file's text as the
 base64url "k" of an oct JWK. Each case is {"alg", "enc", "sign", "claims", "tamper"}: the
@@ -67,7 +71,24 @@ def make(key, case):
     return token
 
 
+def generate(kind, path):
+    if kind == "rsa":
+        key = jwk.JWK.generate(kty="RSA", size=2048)
+    elif kind == "ec":
+        key = jwk.JWK.generate(kty="EC", crv="P-256")
+    else:
+        key = jwk.JWK.generate(kty="oct", size=int(kind[len("oct"):]) * 8)
+        with open(path, "w") as f:
+            f.write(key["k"] + "\n")
+        return
+    with open(path, "wb") as f:
+        f.write(key.export_to_pem(private_key=True, password=None))
+
+
 def main():
+    if sys.argv[1] == "--generate":
+        generate(sys.argv[2], sys.argv[3])
+        return
     key = load_key(sys.argv[1])
     cases = json.load(sys.stdin)
     json.dump([make(key, case) for case in cases], sys.stdout)

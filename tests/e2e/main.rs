@@ -5,6 +5,7 @@ mod balancer;
 mod cli;
 mod hardening;
 mod hixie;
+mod jwe;
 mod ops;
 mod proxy;
 mod secrets;

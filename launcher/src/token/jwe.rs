@@ -159,27 +159,43 @@ pub(super) fn decrypt(token: &str, key: &JweKey) -> Result<Vec<u8>, String> {
     let enc_name = header_str(&parts.header, "enc")?;
     let alg = Alg::from_name(alg_name).ok_or_else(|| {
         format!(
-            "JWE key management alg {alg_name:?} is not supported (RSA-OAEP, RSA-OAEP-256, \
-             ECDH-ES, ECDH-ES+A128KW, ECDH-ES+A256KW, A128KW, A256KW and dir are)"
+            "JWE key management alg {} is not supported (RSA-OAEP, RSA-OAEP-256, \
+             ECDH-ES, ECDH-ES+A128KW, ECDH-ES+A256KW, A128KW, A256KW and dir are)",
+            shown(alg_name)
         )
     })?;
     let enc = Enc::from_name(enc_name).ok_or_else(|| {
         format!(
-            "JWE content encryption enc {enc_name:?} is not supported (A128GCM, A256GCM, \
-             A128CBC-HS256 and A256CBC-HS512 are)"
+            "JWE content encryption enc {} is not supported (A128GCM, A256GCM, \
+             A128CBC-HS256 and A256CBC-HS512 are)",
+            shown(enc_name)
         )
     })?;
     if let Some(zip) = parts.header.get("zip") {
         // Inflating would need its own size cap; jwcrypto compresses only when asked to.
-        return Err(format!("compressed JWE (zip {zip}) is not supported"));
+        return Err(format!(
+            "compressed JWE (zip {}) is not supported",
+            shown(&zip.as_str().map_or_else(|| zip.to_string(), str::to_owned))
+        ));
     }
     if let Some(crit) = parts.header.get("crit") {
         return Err(format!(
-            "JWE critical header extensions {crit} are not supported"
+            "JWE critical header extensions {} are not supported",
+            shown(&crit.to_string())
         ));
     }
     let cek = content_key(alg, alg_name, enc, &parts, key)?;
     decrypt_content(enc, &cek, &parts)
+}
+
+/// A header value for a log line: quoted and escaped, at most 40 characters of it.
+fn shown(value: &str) -> String {
+    const MAX_CHARS: usize = 40;
+    let mut cut: String = value.chars().take(MAX_CHARS).collect();
+    if cut.len() < value.len() {
+        cut.push_str("...");
+    }
+    format!("{cut:?}")
 }
 
 /// Splits and base64url-decodes the five parts, and parses the protected header.
@@ -349,7 +365,8 @@ fn ecdh_es(
         }
         _ => {
             return Err(format!(
-                "JWE epk curve {curve:?} does not match the key file's {}",
+                "JWE epk curve {} does not match the key file's {}",
+                shown(curve),
                 key.kind()
             ));
         }

@@ -836,6 +836,13 @@ MCowBQYDK2VwAyEASGNu7aysNPI+5trjAC4iPd97e+/kR4tayZXF1H9bt2g=\n\
                     "compressed JWE (zip \"DEF\") is not supported",
                 ),
                 (
+                    with_header(&format!(
+                        r#"{{"alg":"{}\n","enc":"A256GCM"}}"#,
+                        "x".repeat(99)
+                    )),
+                    "alg \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx...\" is not supported",
+                ),
+                (
                     with_header(r#"{"alg":"RSA-OAEP","enc":"A256GCM","crit":["x"]}"#),
                     "JWE critical header extensions",
                 ),
