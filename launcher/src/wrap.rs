@@ -55,7 +55,10 @@ impl Drop for RebindLibrary {
 impl RebindLibrary {
     /// Finds `rebind.so`: `$WEBSOCKIFY_REBIND`, else the embedded copy (written to a private
     /// temporary directory), else `rebind.so` or `librebind.so` next to the executable.
-    pub fn locate() -> anyhow::Result<RebindLibrary> {
+    /// With `owner` (`--user`/`--group`), the embedded copy is written under the system
+    /// temporary directory (not root's `XDG_RUNTIME_DIR`) and handed to that user and group,
+    /// so that the wrapped program, which runs as them, can load it and websockify can remove it.
+    pub fn locate(owner: Option<Owner>) -> anyhow::Result<RebindLibrary> {
         if let Some(path) = std::env::var_os(REBIND_ENV) {
             let path = PathBuf::from(path);
             if !path.is_file() {
@@ -70,7 +73,7 @@ impl RebindLibrary {
             });
         }
         if !EMBEDDED_REBIND.is_empty() {
-            return Self::write_embedded();
+            return Self::write_embedded(owner);
         }
         if let Some(dir) = std::env::current_exe()
             .ok()
@@ -93,10 +96,10 @@ impl RebindLibrary {
     }
 
     /// Writes the embedded library into a new private directory.
-    fn write_embedded() -> anyhow::Result<RebindLibrary> {
+    fn write_embedded(owner: Option<Owner>) -> anyhow::Result<RebindLibrary> {
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
-            .filter(|d| d.is_dir())
+            .filter(|d| d.is_dir() && owner.is_none())
             .unwrap_or_else(std::env::temp_dir);
         let dir = private_dir(&base)?;
         let path = dir.join("rebind.so");
@@ -110,11 +113,44 @@ impl RebindLibrary {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(err).with_context(|| format!("cannot write {}", path.display()));
         }
+        if let Some((uid, gid)) = owner {
+            let handed = hand_over(&dir, &path, uid, gid);
+            if let Err(err) = handed {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(err);
+            }
+        }
         Ok(RebindLibrary {
             path,
             temp_dir: Some(dir),
         })
     }
+}
+
+/// The user (if any) and group the process switches to (`--user`, `--group`).
+pub type Owner = (Option<nix::unistd::Uid>, nix::unistd::Gid);
+
+/// Gives the private directory and the library to the user and group the process becomes;
+/// with a group only, the group may read and enter (nothing in it is secret; only its owner
+/// may write).
+fn hand_over(
+    dir: &Path,
+    library: &Path,
+    uid: Option<nix::unistd::Uid>,
+    gid: nix::unistd::Gid,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for path in [dir, library] {
+        nix::unistd::chown(path, uid, Some(gid))
+            .with_context(|| format!("cannot hand {} to --user/--group", path.display()))?;
+    }
+    if uid.is_none() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+            .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+        std::fs::set_permissions(library, std::fs::Permissions::from_mode(0o550))
+            .with_context(|| format!("cannot set the mode of {}", library.display()))?;
+    }
+    Ok(())
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
@@ -183,8 +219,13 @@ pub enum WrapEnd {
 }
 
 impl Wrapper {
-    /// Prepares to wrap the program: finds rebind.so and picks the loopback port.
-    pub fn new(settings: WrapSettings, public_port: u16) -> anyhow::Result<Wrapper> {
+    /// Prepares to wrap the program: finds rebind.so and picks the loopback port. `owner`:
+    /// the user and group the process will switch to before starting the program.
+    pub fn new(
+        settings: WrapSettings,
+        public_port: u16,
+        owner: Option<Owner>,
+    ) -> anyhow::Result<Wrapper> {
         let WrapSettings { command, mode } = settings;
         if command.is_empty() {
             bail!("no program to wrap after --");
@@ -194,7 +235,7 @@ impl Wrapper {
                 "wrapping a program needs a fixed listen port (the program binds that port), not 0"
             );
         }
-        let library = RebindLibrary::locate()?;
+        let library = RebindLibrary::locate(owner)?;
         // Orphaned descendants (daemons) become our children, so we can watch and reap them.
         nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")?;
         Ok(Wrapper {

@@ -5,6 +5,7 @@ mod balancer;
 mod cli;
 mod hardening;
 mod ops;
+mod privileges;
 mod proxy;
 mod secrets;
 mod target_tls;
