@@ -195,6 +195,68 @@ pub fn pick_loopback_port() -> anyhow::Result<u16> {
     bail!("cannot find a port free on both 127.0.0.1 and ::1")
 }
 
+/// Makes the kernel send the program SIGKILL when websockify dies, even by `kill -9` (no
+/// cleanup of ours can run then). Only the program itself is covered, not what it forks;
+/// those are stopped by the normal exit path (`kill_descendants`).
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    let parent = nix::unistd::getpid().as_raw();
+    // SAFETY: the closure runs in the forked child before exec. It calls only prctl(2) and
+    // getppid(2), which are async-signal-safe, and builds its errors from raw codes without
+    // allocating.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // We died between fork and prctl: the signal will never come, so do not run.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A start of the program to fork, and where to send its pid.
+type SpawnRequest = (Command, std::sync::mpsc::SyncSender<std::io::Result<u32>>);
+
+/// Spawns `command` from one thread that lives as long as the process. `PR_SET_PDEATHSIG`
+/// fires when the *thread* that forked the child exits, not the process: forked from a tokio
+/// blocking thread (ended after 10 s idle) the program would be killed at a random moment.
+/// Reaping stays ours (waitpid on every SIGCHLD): the `Child` is dropped without waiting.
+fn spawn_on_spawner_thread(command: Command) -> std::io::Result<u32> {
+    use std::sync::OnceLock;
+    use std::sync::mpsc;
+    static SPAWNER: OnceLock<Option<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let sender = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("websockify-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in rx {
+                    let _ = reply.send(command.spawn().map(|child| child.id()));
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    let gone = || std::io::Error::other("the thread that starts the wrapped program is gone");
+    let sender = sender.as_ref().ok_or_else(|| {
+        std::io::Error::other("cannot start the thread that starts the wrapped program")
+    })?;
+    let (reply, answer) = mpsc::sync_channel(1);
+    sender.send((command, reply)).map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
+}
+
 /// The wrapped program and its supervision state.
 pub struct Wrapper {
     command: Vec<String>,
@@ -271,19 +333,19 @@ impl Wrapper {
             }
             None => self.library.path.clone().into_os_string(),
         };
-        let child = Command::new(&self.command[0])
+        let mut command = Command::new(&self.command[0]);
+        command
             .args(&self.command[1..])
             .env("LD_PRELOAD", preload)
             .env("REBIND_OLD_PORT", self.public_port.to_string())
             .env("REBIND_NEW_PORT", self.loopback_port.to_string())
             .env_remove(crate::daemon::STAGE_ENV)
             .env_remove(crate::secrets::KEY_PASSWORD_ENV)
-            .process_group(0)
-            .spawn()
+            .process_group(0);
+        die_with_parent(&mut command);
+        let pid = spawn_on_spawner_thread(command)
             .with_context(|| format!("cannot start {:?}", self.command[0]))?;
-        let pid = Pid::from_raw(child.id() as i32);
-        // Reaping is ours (waitpid on every SIGCHLD), not std's: dropping `child` does not wait.
-        drop(child);
+        let pid = Pid::from_raw(pid as i32);
         tracing::info!(pid = pid.as_raw(), "Starting '{}'", self.command.join(" "));
         crate::metrics::METRICS.program_started();
         self.child = Some(pid);
