@@ -284,6 +284,13 @@ struct LifeArgs {
     /// Write the process id to FILE (removed at exit); handy with --daemon
     #[arg(long, value_name = "FILE")]
     pid_file: Option<String>,
+    /// After opening the listening socket(s), the pid file and the certificate, run as USER
+    /// (a name or uid; needs root), with USER's groups
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+    /// Run as GROUP (a name or gid) instead of the --user's primary group
+    #[arg(long, value_name = "GROUP")]
+    group: Option<String>,
     /// Exit after the first WebSocket session ends
     #[arg(long)]
     run_once: bool,
@@ -966,6 +973,8 @@ fn build(cli: Cli, wrap: bool) -> Result<Settings, UsageError> {
             mode: t.wrap_mode.into(),
         }),
         libserver: life.libserver,
+        user: given(life.user),
+        group: given(life.group),
     })
 }
 

@@ -27,6 +27,10 @@ pub struct Settings {
     pub wrap: Option<WrapSettings>,
     /// `--libserver`: accepted for compatibility, with a warning that it does nothing.
     pub libserver: bool,
+    /// `--user`: run as this user once the listeners and the certificate are open.
+    pub user: Option<String>,
+    /// `--group`: run as this group (default: the `--user`'s primary group).
+    pub group: Option<String>,
 }
 
 /// The wrapped program (`-- PROGRAM ARGS`) and `--wrap-mode`.

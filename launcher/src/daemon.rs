@@ -167,6 +167,9 @@ fn detach(chdir: &Path) -> anyhow::Result<Daemon> {
     };
     daemon.send(&format!("pid {}", std::process::id()));
     let settle = || -> anyhow::Result<()> {
+        let keep = std::os::fd::AsRawFd::as_raw_fd(&daemon.pipe);
+        let closed = close_inherited(keep).context("cannot close inherited descriptors")?;
+        INHERITED_CLOSED.store(closed, std::sync::atomic::Ordering::Relaxed);
         nix::sys::stat::umask(Mode::empty());
         nix::unistd::chdir(chdir)
             .with_context(|| format!("cannot change directory to {}", chdir.display()))?;
@@ -186,6 +189,35 @@ fn detach(chdir: &Path) -> anyhow::Result<Daemon> {
             Err(err)
         }
     }
+}
+
+/// How many inherited descriptors the daemon closed at start-up (logged once logging is up).
+pub static INHERITED_CLOSED: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+
+/// Closes every descriptor above stderr except `keep` (the start-up pipe), as upstream's
+/// daemonize does: a daemon must not hold the terminal session's files, sockets or pipes
+/// open (a pipe kept open makes the shell or CI job that started it wait forever). The
+/// listeners are opened later, and an `--inetd` socket is stdin. Returns how many it closed.
+#[allow(unsafe_code)]
+fn close_inherited(keep: std::os::fd::RawFd) -> io::Result<usize> {
+    // Listed first and the directory closed before closing anything, so its own descriptor
+    // (in the list) is gone and gets EBADF below.
+    let fds: Vec<std::os::fd::RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2 && fd != keep)
+        .collect();
+    let mut closed = 0;
+    for fd in fds {
+        // SAFETY: stage 2 is still single-threaded (no runtime, logging or other thread
+        // exists yet, see `daemonize`), and no Rust object owns these descriptors: they were
+        // inherited across exec and never wrapped, except `keep`, which is skipped. Closing a
+        // number that is not open (the directory's) only returns EBADF.
+        if unsafe { libc::close(fd) } == 0 {
+            closed += 1;
+        }
+    }
+    Ok(closed)
 }
 
 /// Our own executable with our arguments and `argv[0]`, marked as `stage`.

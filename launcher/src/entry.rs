@@ -20,7 +20,8 @@ pub fn run(
     let mut settings = match parsed {
         Ok(Parsed::Run(settings)) => *settings,
         Ok(Parsed::Print(text)) => {
-            print!("{text}");
+            // `websockify --help | head` closes the pipe early: not worth a panic (print!).
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes());
             return ExitCode::SUCCESS;
         }
         Err(err) => {

@@ -58,6 +58,7 @@ pub mod listen;
 pub mod logging;
 pub mod manual;
 pub mod metrics;
+pub mod privileges;
 pub mod process;
 pub mod proxy_header;
 pub mod record;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Listen, Settings, Target};
 use crate::daemon::{Daemon, PidFile};
 use crate::listen::{self, Listener};
+use crate::privileges;
 use crate::server;
 use crate::wrap::{self, WrapEnd, Wrapper};
 
@@ -41,9 +42,15 @@ const RUNTIME_SHUTDOWN: Duration = Duration::from_secs(1);
 /// Binds, serves, and in wrap mode supervises the program; returns the exit status.
 async fn serve(settings: Settings, daemon: &mut Option<Daemon>) -> anyhow::Result<i32> {
     let mut config = settings.server;
+    let closed = crate::daemon::INHERITED_CLOSED.load(std::sync::atomic::Ordering::Relaxed);
+    if closed > 0 {
+        tracing::info!("daemon: closed {closed} inherited file descriptors");
+    }
     if settings.libserver {
         tracing::warn!("--libserver has no effect: websockify always uses its own server engine");
     }
+    // Looked up before anything is bound, so that a typo costs nothing.
+    let switch = privileges::resolve(settings.user.as_deref(), settings.group.as_deref())?;
     let listener = match listen::from_systemd()? {
         Some(listener) => {
             tracing::info!(
@@ -67,8 +74,10 @@ async fn serve(settings: Settings, daemon: &mut Option<Daemon>) -> anyhow::Resul
 
     let Some(wrap_settings) = settings.wrap else {
         banner(&config, &local, None);
+        let prepared = server::prepare(config, listener).await?;
+        drop_privileges(switch.as_ref(), &prepared)?;
         ready(daemon);
-        server::run_with(config, listener, shutdown, reload).await?;
+        prepared.serve(shutdown, reload).await?;
         listen::sd_notify("STOPPING=1");
         return Ok(0);
     };
@@ -82,14 +91,17 @@ async fn serve(settings: Settings, daemon: &mut Option<Daemon>) -> anyhow::Resul
         anyhow::bail!("wrapping a program needs a TCP listen port (not --unix-listen or --inetd)");
     };
     let public_port = tcp.local_addr()?.port();
-    let mut wrapper = Wrapper::new(wrap_settings, public_port)?;
+    let owner = switch.as_ref().map(|s| (s.uid, s.gid));
+    let mut wrapper = Wrapper::new(wrap_settings, public_port, owner)?;
     config.target = Target::Loopback {
         port: wrapper.loopback_port(),
     };
     banner(&config, &local, Some(&wrapper.describe()));
+    let prepared = server::prepare(config, listener).await?;
+    drop_privileges(switch.as_ref(), &prepared)?;
     ready(daemon);
 
-    let mut server = std::pin::pin!(server::run_with(config, listener, shutdown.clone(), reload));
+    let mut server = std::pin::pin!(prepared.serve(shutdown.clone(), reload));
     enum First {
         Server(anyhow::Result<()>),
         Wrapper(anyhow::Result<WrapEnd>),
@@ -117,6 +129,27 @@ async fn serve(settings: Settings, daemon: &mut Option<Daemon>) -> anyhow::Resul
     };
     wrapper.stop().await;
     server_result.map(|()| code)
+}
+
+/// `--user`/`--group`: switch now that everything privileged is open, then check what will
+/// be opened later as the new user: a `--record` directory it cannot write is an error; a
+/// certificate it cannot re-read stays as loaded (the warning says so).
+fn drop_privileges(
+    switch: Option<&privileges::Switch>,
+    prepared: &server::Prepared,
+) -> anyhow::Result<()> {
+    let Some(switch) = switch else {
+        return Ok(());
+    };
+    switch.apply()?;
+    let shared = prepared.shared();
+    if let Some(record) = &shared.config.record {
+        crate::record::Recorder::new(record)
+            .with_context(|| format!("as {}", switch.description))?;
+    }
+    // Loaded at start-up (when present); this tells the operator whether reloads can work.
+    shared.tls.check_rereadable(&switch.description);
+    Ok(())
 }
 
 /// Start-up is complete: tell systemd and, under `-D`, the waiting launcher.

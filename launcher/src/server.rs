@@ -44,15 +44,68 @@ pub async fn run_with(
     shutdown: CancellationToken,
     reload: Arc<Notify>,
 ) -> anyhow::Result<()> {
-    let mut listener = listener.into();
+    prepare(config, listener)
+        .await?
+        .serve(shutdown, reload)
+        .await
+}
+
+/// A server with everything opened (certificate, files, metrics listener) but not serving
+/// yet: the process drops privileges (`--user`) between [`prepare`] and [`Prepared::serve`].
+pub struct Prepared {
+    shared: Arc<Shared>,
+    listener: Listener,
+    metrics_listener: Option<tokio::net::TcpListener>,
+}
+
+/// Builds the shared state (reads the certificate and the other start-up files) and binds
+/// the metrics listener.
+pub async fn prepare(config: Config, listener: impl Into<Listener>) -> anyhow::Result<Prepared> {
     let shared = Arc::new(Shared::new(config)?);
+    let metrics_listener = match &shared.config.metrics_listen {
+        Some(spec) => Some(bind_metrics(spec).await?),
+        None => None,
+    };
+    Ok(Prepared {
+        shared,
+        listener: listener.into(),
+        metrics_listener,
+    })
+}
+
+impl Prepared {
+    /// What the connections will share.
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Serves until `shutdown` (then drains) or a lifecycle option ends the server; each
+    /// notification of `reload` re-reads what can change.
+    pub async fn serve(
+        self,
+        shutdown: CancellationToken,
+        reload: Arc<Notify>,
+    ) -> anyhow::Result<()> {
+        serve(self, shutdown, reload).await
+    }
+}
+
+async fn serve(
+    prepared: Prepared,
+    shutdown: CancellationToken,
+    reload: Arc<Notify>,
+) -> anyhow::Result<()> {
+    let Prepared {
+        shared,
+        mut listener,
+        metrics_listener,
+    } = prepared;
     let reloader = tokio::spawn(reload_on(reload, Arc::clone(&shared)));
     let _stop_reloader = AbortOnDrop(reloader);
     let config = &shared.config;
     let metrics_stop = CancellationToken::new();
     let _stop_metrics = metrics_stop.clone().drop_guard();
-    if let Some(spec) = &config.metrics_listen {
-        let metrics_listener = bind_metrics(spec).await?;
+    if let Some(metrics_listener) = metrics_listener {
         tracing::info!(
             "metrics listening on {}",
             metrics_listener

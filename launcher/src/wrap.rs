@@ -55,7 +55,10 @@ impl Drop for RebindLibrary {
 impl RebindLibrary {
     /// Finds `rebind.so`: `$WEBSOCKIFY_REBIND`, else the embedded copy (written to a private
     /// temporary directory), else `rebind.so` or `librebind.so` next to the executable.
-    pub fn locate() -> anyhow::Result<RebindLibrary> {
+    /// With `owner` (`--user`/`--group`), the embedded copy is written under the system
+    /// temporary directory (not root's `XDG_RUNTIME_DIR`) and handed to that user and group,
+    /// so that the wrapped program, which runs as them, can load it and websockify can remove it.
+    pub fn locate(owner: Option<Owner>) -> anyhow::Result<RebindLibrary> {
         if let Some(path) = std::env::var_os(REBIND_ENV) {
             let path = PathBuf::from(path);
             if !path.is_file() {
@@ -70,7 +73,7 @@ impl RebindLibrary {
             });
         }
         if !EMBEDDED_REBIND.is_empty() {
-            return Self::write_embedded();
+            return Self::write_embedded(owner);
         }
         if let Some(dir) = std::env::current_exe()
             .ok()
@@ -93,10 +96,10 @@ impl RebindLibrary {
     }
 
     /// Writes the embedded library into a new private directory.
-    fn write_embedded() -> anyhow::Result<RebindLibrary> {
+    fn write_embedded(owner: Option<Owner>) -> anyhow::Result<RebindLibrary> {
         let base = std::env::var_os("XDG_RUNTIME_DIR")
             .map(PathBuf::from)
-            .filter(|d| d.is_dir())
+            .filter(|d| d.is_dir() && owner.is_none())
             .unwrap_or_else(std::env::temp_dir);
         let dir = private_dir(&base)?;
         let path = dir.join("rebind.so");
@@ -110,11 +113,44 @@ impl RebindLibrary {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(err).with_context(|| format!("cannot write {}", path.display()));
         }
+        if let Some((uid, gid)) = owner {
+            let handed = hand_over(&dir, &path, uid, gid);
+            if let Err(err) = handed {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(err);
+            }
+        }
         Ok(RebindLibrary {
             path,
             temp_dir: Some(dir),
         })
     }
+}
+
+/// The user (if any) and group the process switches to (`--user`, `--group`).
+pub type Owner = (Option<nix::unistd::Uid>, nix::unistd::Gid);
+
+/// Gives the private directory and the library to the user and group the process becomes;
+/// with a group only, the group may read and enter (nothing in it is secret; only its owner
+/// may write).
+fn hand_over(
+    dir: &Path,
+    library: &Path,
+    uid: Option<nix::unistd::Uid>,
+    gid: nix::unistd::Gid,
+) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    for path in [dir, library] {
+        nix::unistd::chown(path, uid, Some(gid))
+            .with_context(|| format!("cannot hand {} to --user/--group", path.display()))?;
+    }
+    if uid.is_none() {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))
+            .with_context(|| format!("cannot set the mode of {}", dir.display()))?;
+        std::fs::set_permissions(library, std::fs::Permissions::from_mode(0o550))
+            .with_context(|| format!("cannot set the mode of {}", library.display()))?;
+    }
+    Ok(())
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
@@ -159,6 +195,68 @@ pub fn pick_loopback_port() -> anyhow::Result<u16> {
     bail!("cannot find a port free on both 127.0.0.1 and ::1")
 }
 
+/// Makes the kernel send the program SIGKILL when websockify dies, even by `kill -9` (no
+/// cleanup of ours can run then). Only the program itself is covered, not what it forks;
+/// those are stopped by the normal exit path (`kill_descendants`).
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    let parent = nix::unistd::getpid().as_raw();
+    // SAFETY: the closure runs in the forked child before exec. It calls only prctl(2) and
+    // getppid(2), which are async-signal-safe, and builds its errors from raw codes without
+    // allocating.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // We died between fork and prctl: the signal will never come, so do not run.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// A start of the program to fork, and where to send its pid.
+type SpawnRequest = (Command, std::sync::mpsc::SyncSender<std::io::Result<u32>>);
+
+/// Spawns `command` from one thread that lives as long as the process. `PR_SET_PDEATHSIG`
+/// fires when the *thread* that forked the child exits, not the process: forked from a tokio
+/// blocking thread (ended after 10 s idle) the program would be killed at a random moment.
+/// Reaping stays ours (waitpid on every SIGCHLD): the `Child` is dropped without waiting.
+fn spawn_on_spawner_thread(command: Command) -> std::io::Result<u32> {
+    use std::sync::OnceLock;
+    use std::sync::mpsc;
+    static SPAWNER: OnceLock<Option<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let sender = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("websockify-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in rx {
+                    let _ = reply.send(command.spawn().map(|child| child.id()));
+                }
+            })
+            .ok()
+            .map(|_| tx)
+    });
+    let gone = || std::io::Error::other("the thread that starts the wrapped program is gone");
+    let sender = sender.as_ref().ok_or_else(|| {
+        std::io::Error::other("cannot start the thread that starts the wrapped program")
+    })?;
+    let (reply, answer) = mpsc::sync_channel(1);
+    sender.send((command, reply)).map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
+}
+
 /// The wrapped program and its supervision state.
 pub struct Wrapper {
     command: Vec<String>,
@@ -183,8 +281,13 @@ pub enum WrapEnd {
 }
 
 impl Wrapper {
-    /// Prepares to wrap the program: finds rebind.so and picks the loopback port.
-    pub fn new(settings: WrapSettings, public_port: u16) -> anyhow::Result<Wrapper> {
+    /// Prepares to wrap the program: finds rebind.so and picks the loopback port. `owner`:
+    /// the user and group the process will switch to before starting the program.
+    pub fn new(
+        settings: WrapSettings,
+        public_port: u16,
+        owner: Option<Owner>,
+    ) -> anyhow::Result<Wrapper> {
         let WrapSettings { command, mode } = settings;
         if command.is_empty() {
             bail!("no program to wrap after --");
@@ -194,7 +297,7 @@ impl Wrapper {
                 "wrapping a program needs a fixed listen port (the program binds that port), not 0"
             );
         }
-        let library = RebindLibrary::locate()?;
+        let library = RebindLibrary::locate(owner)?;
         // Orphaned descendants (daemons) become our children, so we can watch and reap them.
         nix::sys::prctl::set_child_subreaper(true).context("cannot become a child subreaper")?;
         Ok(Wrapper {
@@ -230,19 +333,19 @@ impl Wrapper {
             }
             None => self.library.path.clone().into_os_string(),
         };
-        let child = Command::new(&self.command[0])
+        let mut command = Command::new(&self.command[0]);
+        command
             .args(&self.command[1..])
             .env("LD_PRELOAD", preload)
             .env("REBIND_OLD_PORT", self.public_port.to_string())
             .env("REBIND_NEW_PORT", self.loopback_port.to_string())
             .env_remove(crate::daemon::STAGE_ENV)
             .env_remove(crate::secrets::KEY_PASSWORD_ENV)
-            .process_group(0)
-            .spawn()
+            .process_group(0);
+        die_with_parent(&mut command);
+        let pid = spawn_on_spawner_thread(command)
             .with_context(|| format!("cannot start {:?}", self.command[0]))?;
-        let pid = Pid::from_raw(child.id() as i32);
-        // Reaping is ours (waitpid on every SIGCHLD), not std's: dropping `child` does not wait.
-        drop(child);
+        let pid = Pid::from_raw(pid as i32);
         tracing::info!(pid = pid.as_raw(), "Starting '{}'", self.command.join(" "));
         crate::metrics::METRICS.program_started();
         self.child = Some(pid);

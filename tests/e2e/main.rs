@@ -7,6 +7,7 @@ mod hardening;
 mod hixie;
 mod jwe;
 mod ops;
+mod privileges;
 mod proxy;
 mod secrets;
 mod target_tls;

@@ -1181,3 +1181,34 @@ fn telnet_client_refuses_options_and_keeps_text() {
     assert!(reply.is_empty());
     assert_eq!(telnet.text, [b'h', b'i', IAC]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// PR_SET_PDEATHSIG: no wrapped program outlives websockify, even after kill -9
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_websockify_takes_the_wrapped_program_down() {
+    let Some(sleep) = find_program("sleep") else {
+        return skip_or_fail("no sleep program");
+    };
+    // --wrap-mode=ignore and a program that never listens: websockify only waits for it.
+    let server = Wrapped::start(
+        |p| format!("127.0.0.1:{p}"),
+        &["--wrap-mode=ignore"],
+        |_| vec![sleep.display().to_string(), "1000".to_owned()],
+    );
+    let program = server.started_pid();
+    let _cleanup = KillOnDrop::new(&[program]);
+    assert!(
+        alive(program),
+        "the wrapped program {program} is not running"
+    );
+    server.ws.signal(libc::SIGKILL);
+    let deadline = std::time::Instant::now() + STEP;
+    while alive(program) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the wrapped program {program} outlived websockify's kill -9 by {STEP:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -87,6 +87,18 @@ pub enum TlsError {
     InvalidServerName { host: String },
 }
 
+impl TlsError {
+    /// A file we may not read (after `--user`), as opposed to a missing or broken one.
+    fn is_permission_denied(&self) -> bool {
+        match self {
+            TlsError::CertRead { error, .. } | TlsError::KeyRead { error, .. } => {
+                error.kind() == io::ErrorKind::PermissionDenied
+            }
+            _ => false,
+        }
+    }
+}
+
 /// (mtime, length, inode) of a file: a change means "reload".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct FileId {
@@ -170,6 +182,34 @@ impl TlsServer {
         })
     }
 
+    /// After switching users (`--user`): warns if the certificate files can no longer be read,
+    /// in which case the certificate loaded at start-up stays in use until a restart.
+    pub fn check_rereadable(&self, who: &str) {
+        let loaded = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        if !loaded {
+            return;
+        }
+        let read = |path: &Path| std::fs::File::open(path).map(drop);
+        let mut failed = read(&self.cert).err().map(|e| (self.cert.clone(), e));
+        if failed.is_none()
+            && let Some(key) = &self.key
+        {
+            failed = read(key).err().map(|e| (key.clone(), e));
+        }
+        if let Some((path, err)) = failed {
+            tracing::warn!(
+                "{who} cannot read {} ({err}): the TLS certificate loaded at start-up stays in \
+                 use, and a renewed one needs a restart; make the files readable by that user \
+                 for SIGHUP and automatic reloads to work",
+                path.display()
+            );
+        }
+    }
+
     /// True when the cert file exists (start-up banner: "SSL/TLS support" or "No SSL/TLS support").
     pub fn cert_present(&self) -> bool {
         std::fs::metadata(&self.cert).is_ok()
@@ -187,14 +227,26 @@ impl TlsServer {
     }
 
     fn config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        // After `--user`, files only root may read keep the certificate loaded at start-up
+        // (see `check_rereadable`) instead of failing every TLS connection.
+        let keep = |err: TlsError, cache: &Option<(Identity, Arc<ServerConfig>)>| match cache {
+            Some((_, config)) if err.is_permission_denied() => Ok(config.clone()),
+            _ => Err(err),
+        };
         // Stat before reading: if the file changes while we read it, the next call sees a new
         // identity and reloads again.
-        let identity = self.identity()?;
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let identity = match self.identity() {
+            Ok(identity) => identity,
+            Err(err) => return keep(err, &cache),
+        };
         if let Some((_, config)) = cache.as_ref().filter(|(cached, _)| *cached == identity) {
             return Ok(config.clone());
         }
-        let config = Arc::new(self.load()?);
+        let config = match self.load() {
+            Ok(config) => Arc::new(config),
+            Err(err) => return keep(err, &cache),
+        };
         if cache.is_some() {
             tracing::info!(cert = %self.cert.display(), "reloaded changed TLS certificate");
         } else {
