@@ -400,7 +400,7 @@ impl Redis {
         );
         block(|| {
             proc.out.wait_from(0, "redis-server is ready", |line| {
-                line.contains("Ready to accept connections")
+                line.contains("eady to accept connections")
             })
         });
         Redis {
@@ -527,12 +527,10 @@ impl Fleet {
         std::fs::write(&cfg_path, haproxy_config(&instances)).expect("write haproxy.cfg");
         let front_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind frontend");
         let front = front_listener.local_addr().expect("frontend address");
-        let checked = block(|| {
-            run_bounded(
-                Command::new(&haproxy).arg("-c").arg("-f").arg(&cfg_path),
-                b"",
-            )
-        });
+        let mut check = Command::new(&haproxy);
+        check.arg("-c").arg("-f").arg(&cfg_path);
+        pass_fd_as_3(&mut check, front_listener.as_raw_fd());
+        let checked = block(|| run_bounded(&mut check, b""));
         assert!(
             checked.0,
             "haproxy -c rejects the generated configuration:\n{}",
