@@ -1048,6 +1048,12 @@ async fn haproxy_marks_a_killed_instance_down_and_new_sessions_succeed() {
         down_at - killed_at,
         after.len()
     );
+    for (at, failure) in &failures {
+        println!(
+            "fleet 2: a session started {:?} after the kill failed: {failure}",
+            at.saturating_duration_since(killed_at)
+        );
+    }
     assert!(
         after.is_empty(),
         "sessions failed after ws2 was marked down: {after:#?}"
@@ -1167,7 +1173,10 @@ async fn rolling_restart_loses_no_handshake_and_drains_with_1001() {
         let from = fleet.haproxy.out.len();
         let signalled = Instant::now();
         fleet.instances[i].proc.guard.signal(libc::SIGTERM);
-        fleet.haproxy_says(from, n, "DOWN");
+        // Marked down by /readyz's 503 while the instance still accepts (--shutdown-delay),
+        // not by a refused connection.
+        let (_, down) = fleet.haproxy_says(from, n, "DOWN");
+        assert!(down.contains("503"), "ws{n}: {down}");
         let status = block(|| fleet.instances[i].proc.guard.wait_exit());
         let exited = Instant::now();
         assert_eq!(status.code(), Some(0), "ws{n} exit status {status:?}");
