@@ -1248,7 +1248,8 @@ async fn rolling_restart_loses_no_handshake_and_drains_with_1001() {
 
 /// Scenario 4: scrapes taken during load pass `promtool check metrics`; once the load is
 /// over, the counters add up (ended = opened - open, bytes = what the clients sent), and
-/// every metric the alert rules use exists. The rules pass `promtool check rules`.
+/// every metric the alert rules use exists. The rules pass `promtool check rules` and their
+/// unit tests (`deploy/prometheus-rules.test.yml`) pass `promtool test rules`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrapes_under_load_pass_promtool_and_the_counters_add_up() {
     let Some([promtool]) = programs(&["promtool"]).and_then(|p| <[String; 1]>::try_from(p).ok())
@@ -1266,6 +1267,16 @@ async fn scrapes_under_load_pass_promtool_and_the_counters_add_up() {
         )
     });
     assert!(ok, "promtool check rules {}: {output}", rules.display());
+    let rule_tests = deploy_file("prometheus-rules.test.yml");
+    let (ok, output) = block(|| {
+        run_bounded(
+            Command::new(&promtool)
+                .args(["test", "rules"])
+                .arg(&rule_tests),
+            b"",
+        )
+    });
+    assert!(ok, "promtool test rules {}: {output}", rule_tests.display());
     let Some(fleet) = Fleet::start(&[]).await else {
         return;
     };
