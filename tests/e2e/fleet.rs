@@ -29,7 +29,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::util::{
-    ChildGuard, STEP, client_frame, find_program, skip_or_fail, websockify_bin, within,
+    ChildGuard, STEP, block, client_frame, find_program, on_free_port, port_was_taken,
+    skip_or_fail, websockify_bin, within,
 };
 
 /// Number of instances, as in `deploy/haproxy.cfg`.
@@ -178,13 +179,8 @@ fn pass_fd_as_3(command: &mut Command, fd: RawFd) {
     }
 }
 
-/// Runs blocking waits (line waits, process exits) off the runtime's worker threads.
-fn block<T>(f: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(f)
-}
-
 /// The programs the fleet tests need, or `None` (after `skip_or_fail`) if one is missing.
-fn programs(names: &[&str]) -> Option<Vec<String>> {
+fn programs(names: &[&str]) -> Option<Vec<PathBuf>> {
     let mut found = Vec::new();
     for name in names {
         match find_program(name) {
@@ -302,7 +298,7 @@ impl Instance {
                     self.proc = instance.proc;
                     return;
                 }
-                Err(output) if output.contains("cannot listen") => failures.push(output),
+                Err(output) if port_was_taken(&output) => failures.push(output),
                 Err(output) => panic!("websockify did not start again:\n{output}"),
             }
         }
@@ -382,7 +378,7 @@ struct Redis {
 }
 
 impl Redis {
-    fn start(program: &str, dir: &Path) -> Redis {
+    fn start(program: &Path, dir: &Path) -> Redis {
         let socket = dir.join("redis.sock");
         let proc = Proc::spawn(
             Command::new(program)
@@ -1252,7 +1248,7 @@ async fn rolling_restart_loses_no_handshake_and_drains_with_1001() {
 /// unit tests (`deploy/prometheus-rules.test.yml`) pass `promtool test rules`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scrapes_under_load_pass_promtool_and_the_counters_add_up() {
-    let Some([promtool]) = programs(&["promtool"]).and_then(|p| <[String; 1]>::try_from(p).ok())
+    let Some([promtool]) = programs(&["promtool"]).and_then(|p| <[PathBuf; 1]>::try_from(p).ok())
     else {
         return;
     };
@@ -1512,7 +1508,7 @@ async fn the_per_ip_limit_counts_the_client_behind_haproxy() {
 /// client's own X-Forwarded-For entry is never believed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_nginx_the_forwarded_client_counts_only_from_a_trusted_proxy() {
-    let Some([nginx]) = programs(&["nginx"]).and_then(|p| <[String; 1]>::try_from(p).ok()) else {
+    let Some([nginx]) = programs(&["nginx"]).and_then(|p| <[PathBuf; 1]>::try_from(p).ok()) else {
         return;
     };
     let client = client_ip(61, 5);
@@ -1594,11 +1590,12 @@ async fn behind_nginx_the_forwarded_client_counts_only_from_a_trusted_proxy() {
     }
 }
 
-/// Starts nginx from `deploy/nginx.conf` in front of `instances`. nginx binds its port itself:
-/// a free port is picked and, should another program take it first, another one (at most 5
-/// attempts). Returns nginx and its port.
+/// Starts nginx from `deploy/nginx.conf` in front of `instances`. nginx binds its port itself
+/// (its inherited-socket mechanism, the `NGINX` variable, is meant for binary upgrades), so
+/// it runs through `on_free_port`: another port if one was taken in between. Returns nginx
+/// and its port.
 fn start_nginx(
-    program: &str,
+    program: &Path,
     dir: &Path,
     instances: &[Instance],
     cert: &Path,
@@ -1607,12 +1604,7 @@ fn start_nginx(
     let path = deploy_file("nginx.conf");
     let template = std::fs::read_to_string(&path)
         .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
-    let mut outputs = Vec::new();
-    for _ in 0..5 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+    on_free_port(|port| {
         let mut conf = template.clone();
         let d = dir.display();
         edit(
@@ -1666,21 +1658,19 @@ fn start_nginx(
                 .arg(&conf_path)
                 .args(["-g", "daemon off; master_process off;"]),
         );
-        // nginx names its version once its sockets are bound, or exits.
+        // nginx names its version once its sockets are bound; a bind failure is "[emerg]".
         match proc.out.find_from(0, |line| {
-            line.contains("nginx/1.") || line.contains("[emerg]")
+            line.contains("nginx/") || line.contains("[emerg]")
         }) {
-            Some((_, line)) if !line.contains("[emerg]") => return (proc, port),
-            _ => {}
+            Some((_, line)) if !line.contains("[emerg]") => Ok((proc, port)),
+            _ => {
+                let output = proc.out.snapshot().join("\n");
+                if output.contains("Address already in use") {
+                    Err(output)
+                } else {
+                    panic!("nginx did not start:\n{output}");
+                }
+            }
         }
-        let output = proc.out.snapshot().join("\n");
-        if !output.contains("Address already in use") {
-            panic!("nginx did not start:\n{output}");
-        }
-        outputs.push(output);
-    }
-    panic!(
-        "nginx found no free port in 5 attempts:\n{}",
-        outputs.join("\n---\n")
-    );
+    })
 }
