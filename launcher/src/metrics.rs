@@ -71,6 +71,23 @@ impl Refusal {
     }
 }
 
+/// Close codes websockify itself sends or records (1000 target closed, 1001 shutdown, 1002,
+/// 1003 and 1007 protocol errors, 1006 client gone, 1011 target failed); their series exist
+/// from the start, at zero.
+const OWN_CLOSE_CODES: [u16; 7] = [1000, 1001, 1002, 1003, 1006, 1007, 1011];
+
+/// The `code` label of a session's close code: the codes RFC 6455 and IANA define (1000 to
+/// 1014, except the reserved 1004) as themselves, any other code as `other`. Clients choose
+/// the code of their close frame (3000-4999 are the application's), so a label per value
+/// would let them create series at will.
+fn close_label(code: u16) -> String {
+    if (1000..=1014).contains(&code) && code != 1004 {
+        code.to_string()
+    } else {
+        "other".to_owned()
+    }
+}
+
 /// The process's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -135,21 +152,25 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let sessions_closed = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "websockify_sessions_closed_total",
+                    "WebSocket sessions ended, by the close code the client saw.",
+                ),
+                &["code"],
+            ),
+        );
+        for code in OWN_CLOSE_CODES {
+            sessions_closed.with_label_values(&[close_label(code)]);
+        }
         Metrics {
             sessions_opened: counter(
                 "websockify_sessions_opened_total",
                 "WebSocket sessions started (handshake done, target being connected).",
             ),
-            sessions_closed: register(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "websockify_sessions_closed_total",
-                        "WebSocket sessions ended, by the close code the client saw.",
-                    ),
-                    &["code"],
-                ),
-            ),
+            sessions_closed,
             sessions_open: register(
                 &r,
                 IntGauge::new("websockify_sessions_open", "WebSocket sessions open now."),
@@ -227,8 +248,18 @@ impl Metrics {
         self.bytes_to_target.inc_by(to_target);
         self.bytes_to_client.inc_by(to_client);
         self.sessions_closed
-            .with_label_values(&[code.to_string()])
+            .with_label_values(&[close_label(code)])
             .inc();
+    }
+
+    /// Creates the series of token plugin `plugin` at zero (its lookup histogram and an error
+    /// counter per kind), so that `rate()` and alerts see the first error too: a counter
+    /// series that appears only with its first increment hides that increment from `rate()`.
+    pub fn token_plugin(&self, plugin: &str) {
+        self.token_lookup.with_label_values(&[plugin]);
+        for kind in crate::token::TokenError::KINDS {
+            self.token_errors.with_label_values(&[plugin, kind]);
+        }
     }
 
     /// A connection was refused before its session started.
@@ -387,6 +418,26 @@ mod tests {
             "websockify_wrapped_program_starts_total 0",
             "websockify_log_lines_dropped_total ",
             "websockify_build_info{version=",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in\n{text}");
+        }
+    }
+
+    #[test]
+    fn close_codes_outside_the_rfc_are_one_label_and_own_codes_start_at_zero() {
+        assert_eq!(close_label(1000), "1000");
+        assert_eq!(close_label(1014), "1014");
+        assert_eq!(close_label(1004), "other");
+        assert_eq!(close_label(4000), "other");
+        assert_eq!(close_label(999), "other");
+        METRICS.token_plugin("TokenRedis");
+        let text = String::from_utf8(METRICS.render()).unwrap();
+        for needle in [
+            "websockify_sessions_closed_total{code=\"1011\"} ",
+            "websockify_sessions_closed_total{code=\"1001\"} ",
+            "websockify_token_lookup_errors_total{kind=\"timeout\",plugin=\"TokenRedis\"} ",
+            "websockify_token_lookup_errors_total{kind=\"unavailable\",plugin=\"TokenRedis\"} ",
+            "websockify_token_lookup_duration_seconds_count{plugin=\"TokenRedis\"} ",
         ] {
             assert!(text.contains(needle), "{needle} missing in\n{text}");
         }

@@ -82,6 +82,9 @@ impl Shared {
             .as_ref()
             .map(|t| Tokens::new(&t.plugin, t.source.as_deref()))
             .transpose()?;
+        if let Some(tokens) = &tokens {
+            crate::metrics::METRICS.token_plugin(tokens.name());
+        }
         let recorder = config.record.as_deref().map(Recorder::new).transpose()?;
         Ok(Shared {
             limits: Limits::new(config.max_connections, config.max_connections_per_ip),

@@ -3,6 +3,7 @@
 
 mod balancer;
 mod cli;
+mod fleet;
 mod hardening;
 mod hixie;
 mod jwe;

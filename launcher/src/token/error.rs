@@ -41,6 +41,9 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// Every value [`kind`](Self::kind) returns (the metrics create their series up front).
+    pub const KINDS: [&'static str; 4] = ["timeout", "unavailable", "bad_answer", "internal"];
+
     /// A small, stable label for metrics and log fields: `"timeout"` (the backend or the lookup
     /// deadline ran out), `"unavailable"` (the source could not be read or reached, or refused
     /// us), `"bad_answer"` (it answered with something that is not a target) or `"internal"`.
@@ -87,6 +90,29 @@ pub(super) fn one_line(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_is_listed_in_kinds() {
+        let errors = [
+            TokenError::Source {
+                path: PathBuf::from("/x"),
+                reason: "gone".into(),
+            },
+            TokenError::BadTarget {
+                backend: "Redis",
+                reason: "junk".into(),
+            },
+            TokenError::Http("refused".into()),
+            TokenError::HttpTimeout(Duration::from_secs(1)),
+            TokenError::Redis("refused".into()),
+            TokenError::RedisTimeout(Duration::from_secs(1)),
+            TokenError::Deadline(Duration::from_secs(1)),
+            TokenError::Task("panicked".into()),
+        ];
+        for error in errors {
+            assert!(TokenError::KINDS.contains(&error.kind()), "{error:?}");
+        }
+    }
 
     #[test]
     fn error_kinds_are_a_small_fixed_set() {
