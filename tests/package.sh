@@ -167,19 +167,24 @@ if data[0] != 0x82 or data[2:2 + (data[1] & 0x7F)] != b"RFB 003.008\n":
     sys.exit("unexpected first frame: %r" % data)
 print("proxied RFB handshake:", data[2:2 + (data[1] & 0x7F)])
 PY
-# A port for novnc_proxy's --listen, which takes a number.
-listen_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')
 setsid python3 "$scratch/vnc.py" >"$scratch/vnc.port" &
 pids+=($!)
 for _ in $(seq 100); do [ -s "$scratch/vnc.port" ] && break; sleep 0.1; done
 vnc_port=$(head -n 1 "$scratch/vnc.port")
 [ -n "$vnc_port" ] || fail "the fake VNC server did not start"
-# A clean PATH: novnc_proxy uses `which websockify`, which must find /usr/bin/websockify.
-(cd "$scratch" && exec setsid env -u RUST_LOG PATH=/usr/sbin:/usr/bin:/sbin:/bin \
-    "$novnc_proxy" --vnc "localhost:$vnc_port" --listen "$listen_port" \
-    >"$scratch/novnc.log" 2>&1) &
-pids+=($!)
-for _ in $(seq 100); do grep -q 'listening on' "$scratch/novnc.log" && break; sleep 0.1; done
+# novnc_proxy's --listen takes a port number, so it cannot be handed a listener: take a port
+# no socket holds now, and start again on another one if something took it meanwhile.
+for attempt in 1 2 3 4 5; do
+    listen_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')
+    # A clean PATH: novnc_proxy uses `which websockify`, which must find /usr/bin/websockify.
+    (cd "$scratch" && exec setsid env -u RUST_LOG PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+        "$novnc_proxy" --vnc "localhost:$vnc_port" --listen "$listen_port" \
+        >"$scratch/novnc.log" 2>&1) &
+    pids+=($!)
+    for _ in $(seq 100); do grep -q 'listening on\|cannot listen\|in use' "$scratch/novnc.log" && break; sleep 0.1; done
+    grep -q 'in use' "$scratch/novnc.log" || break
+    echo "port $listen_port was taken meanwhile (attempt $attempt), trying another"
+done
 grep -q 'listening on' "$scratch/novnc.log" || fail "novnc_proxy did not start: $(cat "$scratch/novnc.log")"
 grep -q 'Using installed websockify at /usr/bin/websockify' "$scratch/novnc.log" ||
     fail "novnc_proxy did not use /usr/bin/websockify: $(cat "$scratch/novnc.log")"
