@@ -205,7 +205,7 @@ pub struct TlsSettings {
     pub key: Option<PathBuf>,
     /// Password of an encrypted PKCS#8 key (`--key-password`).
     pub key_password: Option<String>,
-    /// File holding that password (`--key-password-file`); read by [`crate::secrets::resolve`].
+    /// File holding that password (`--key-password-file`); read by `secrets::resolve` at start-up.
     pub key_password_file: Option<PathBuf>,
     /// Refuse plain connections (`--ssl-only`).
     pub ssl_only: bool,

@@ -30,6 +30,9 @@ pub mod close_code {
 /// Largest server frame header: 2 bytes, plus 8 for a 64-bit length (servers never mask).
 pub const MAX_SERVER_HEADER: usize = 10;
 
+/// The close frame of the Hixie drafts, both ways (`--hixie`; the `hixie` module speaks the drafts).
+pub const HIXIE_CLOSE: [u8; 2] = [0xff, 0x00];
+
 /// Frame opcodes.
 mod opcode {
     pub const CONTINUATION: u8 = 0x0;
@@ -508,7 +511,7 @@ impl ControlFrame {
     /// The close frame of the Hixie drafts, `0xFF 0x00` (`--hixie`).
     pub fn hixie_close() -> Self {
         let mut bytes = [0u8; 127];
-        bytes[..2].copy_from_slice(&crate::hixie::CLOSE);
+        bytes[..2].copy_from_slice(&HIXIE_CLOSE);
         ControlFrame { bytes, len: 2 }
     }
 

@@ -55,6 +55,17 @@ pub enum HandshakeError {
     Hixie(&'static str),
 }
 
+impl From<crate::hixie::Refusal> for HandshakeError {
+    fn from(refusal: crate::hixie::Refusal) -> Self {
+        use crate::hixie::Refusal;
+        match refusal {
+            Refusal::OldHttp => HandshakeError::OldHttp,
+            Refusal::InvalidProtocol => HandshakeError::InvalidProtocol,
+            Refusal::Malformed(reason) => HandshakeError::Hixie(reason),
+        }
+    }
+}
+
 /// True for a GET whose `Upgrade` header names `websocket` (upstream's test; anything else
 /// goes to the web server).
 pub fn is_upgrade(method: &Method, headers: &HeaderMap) -> bool {

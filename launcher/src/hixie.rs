@@ -18,7 +18,6 @@ use hyper::{Uri, Version};
 use md5::{Digest as _, Md5};
 
 use crate::frame::{DataKind, Event, ProtocolError, close_code};
-use crate::handshake::HandshakeError;
 
 /// Which draft a client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +79,21 @@ pub struct Handshake {
     pub base64: bool,
 }
 
+/// Why a Hixie upgrade request is refused (a `400`; the handshake module's `HandshakeError`
+/// carries it to the response with the same reason phrase).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The drafts, like RFC 6455, need HTTP/1.1.
+    #[error("WebSocket upgrade needs HTTP/1.1")]
+    OldHttp,
+    /// A subprotocol other than `base64`.
+    #[error("Invalid protocol selected")]
+    InvalidProtocol,
+    /// A missing or malformed header; the text is the reason phrase.
+    #[error("{0}")]
+    Malformed(&'static str),
+}
+
 /// Validates a Hixie upgrade request (HTTP/1.1, one `Host`, for -76 both keys) and reads
 /// the subprotocol: `base64` (echoed) or none; every frame carries base64 text either way.
 pub fn accept(
@@ -87,21 +101,20 @@ pub fn accept(
     http: Version,
     uri: &Uri,
     headers: &HeaderMap,
-) -> Result<Handshake, HandshakeError> {
+) -> Result<Handshake, Refusal> {
     if http < Version::HTTP_11 {
-        return Err(HandshakeError::OldHttp);
+        return Err(Refusal::OldHttp);
     }
     let host = headers
         .get(HOST)
         .cloned()
-        .ok_or(HandshakeError::Hixie("Missing Host header"))?;
+        .ok_or(Refusal::Malformed("Missing Host header"))?;
     let keys = match draft {
         Draft::Hixie75 => None,
         Draft::Hixie76 => {
             let key = |name, missing, invalid| {
-                let value: &HeaderValue =
-                    headers.get(name).ok_or(HandshakeError::Hixie(missing))?;
-                key_number(value.as_bytes()).ok_or(HandshakeError::Hixie(invalid))
+                let value: &HeaderValue = headers.get(name).ok_or(Refusal::Malformed(missing))?;
+                key_number(value.as_bytes()).ok_or(Refusal::Malformed(invalid))
             };
             Some((
                 key(
@@ -132,7 +145,7 @@ pub fn accept(
         .collect();
     let base64 = offered.iter().any(|name| name == "base64");
     if !offered.is_empty() && !base64 {
-        return Err(HandshakeError::InvalidProtocol);
+        return Err(Refusal::InvalidProtocol);
     }
     let resource = uri
         .path_and_query()
@@ -334,7 +347,7 @@ impl Decoder {
 }
 
 /// The close frame, both ways.
-pub const CLOSE: [u8; 2] = [0xff, 0x00];
+pub const CLOSE: [u8; 2] = crate::frame::HIXIE_CLOSE;
 
 #[cfg(test)]
 mod tests {
@@ -476,7 +489,7 @@ mod tests {
             "Invalid protocol selected"
         );
         let http10 = accept(Draft::Hixie75, Version::HTTP_10, &uri, &request(&[host]));
-        assert_eq!(http10, Err(HandshakeError::OldHttp));
+        assert_eq!(http10, Err(Refusal::OldHttp));
     }
 
     /// Decodes `input` fed in chunks of `chunk` bytes; returns (data, closes).

@@ -370,7 +370,8 @@ async fn route<B>(
                 protocol: hixie.base64.then_some(Cow::Borrowed("base64")),
                 mode: Mode::Hixie,
                 hixie: Some(hixie),
-            }),
+            })
+            .map_err(HandshakeError::from),
     }
     .map_err(Reject::Handshake)?;
     shared
