@@ -444,7 +444,9 @@ async fn ssl_target_verifies_the_target_against_system_roots() {
     assert_echoes(&mut client, "plain target").await;
 }
 
-#[tokio::test]
+/// On the paused clock (the server runs in this runtime): the 1 s deadline passes in
+/// virtual time, measured by tokio's `Instant`.
+#[tokio::test(start_paused = true)]
 async fn stalled_tls_handshake_is_dropped_at_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let id = self_signed();

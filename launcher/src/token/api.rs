@@ -313,7 +313,9 @@ mod tests {
         .await;
     }
 
-    #[tokio::test]
+    /// On the paused clock: the service and the client run in this runtime, so the 300 ms
+    /// timeout passes in virtual time as soon as both are only waiting.
+    #[tokio::test(start_paused = true)]
     async fn token_api_timeouts_and_refusals_are_errors_without_the_token() {
         bounded(async {
             let service = token_service().await;

@@ -356,7 +356,9 @@ mod tests {
         .await;
     }
 
-    #[tokio::test]
+    /// On the paused clock (the service runs in this runtime): the deadline passes in
+    /// virtual time, and the elapsed time measured is exactly the virtual one.
+    #[tokio::test(start_paused = true)]
     async fn a_lookup_that_hangs_ends_at_the_deadline() {
         bounded(async {
             // The service never answers, and the API's own timeout is longer than the deadline.
