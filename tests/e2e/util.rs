@@ -12,6 +12,9 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub use nix::sys::signal::Signal;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -512,11 +515,10 @@ impl ChildGuard {
         status
     }
 
-    /// Sends `signal` to the process.
-    pub fn signal(&self, signal: i32) {
+    /// Sends `signal` to the process (a pid we spawned and have not reaped yet).
+    pub fn signal(&self, signal: Signal) {
         if self.status.is_none() {
-            // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
-            unsafe { libc::kill(self.pid, signal) };
+            let _ = kill(Pid::from_raw(self.pid), signal);
         }
     }
 }
@@ -524,8 +526,8 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         if self.status.is_none() && self.exit.try_recv().is_err() {
-            // SAFETY: as in `signal`; the waiting thread reaps the process.
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            // The waiting thread reaps the process.
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
             let _ = self.exit.recv_timeout(STEP);
         }
     }
@@ -611,8 +613,8 @@ pub fn run_websockify(args: &[&str]) -> (Option<i32>, String, String) {
         let _ = tx.send(child.wait_with_output());
     });
     let Ok(output) = rx.recv_timeout(STEP) else {
-        // SAFETY: kill(2) on our own child; the thread above reaps it.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        // Our own child; the thread above reaps it.
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         panic!("websockify {args:?} did not exit within {STEP:?}");
     };
     let output = output.expect("output");
@@ -724,8 +726,7 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         for &(pid, started) in &self.0 {
             if alive(pid) && proc_stat(pid).map(|stat| stat.start_time) == Some(started) {
-                // SAFETY: kill(2) on a process this test started (checked by start time).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
     }

@@ -1998,7 +1998,7 @@ async fn the_log_never_contains_the_token() {
 
 /// SIGTERM, wait for the exit, and return every stderr line after the banner.
 async fn stop_and_collect(child: ChildGuard) -> Vec<String> {
-    child.signal(libc::SIGTERM);
+    child.signal(Signal::SIGTERM);
     let (child, _status) = within("websockify exit", watch_exit(child))
         .await
         .expect("exit");
