@@ -755,8 +755,13 @@ impl Identity {
 
 /// A self-signed server certificate for `localhost`.
 pub fn self_signed() -> Identity {
+    self_signed_for("localhost")
+}
+
+/// A self-signed server certificate for `name`.
+pub fn self_signed_for(name: &str) -> Identity {
     let key = KeyPair::generate().expect("generate key");
-    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+    let cert = CertificateParams::new(vec![name.to_owned()])
         .expect("params")
         .self_signed(&key)
         .expect("self-sign");
@@ -794,13 +799,13 @@ impl Ca {
         self.issuer.der().clone()
     }
 
-    /// A certificate for `localhost` with commonName `cn`, signed by this CA, for `purpose`
-    /// (a server, or a client presenting it).
-    pub fn issue(&self, cn: &str, purpose: ExtendedKeyUsagePurpose) -> Identity {
+    /// A certificate for `name` (its DNS name and commonName), signed by this CA, for
+    /// `purpose` (a server, or a client presenting it).
+    pub fn issue(&self, name: &str, purpose: ExtendedKeyUsagePurpose) -> Identity {
         let key = KeyPair::generate().expect("generate leaf key");
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        let mut params = CertificateParams::new(vec![name.to_owned()]).expect("params");
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, cn);
+        params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![purpose];
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
         Identity {
@@ -809,6 +814,62 @@ impl Ca {
             cert_der: cert.der().clone(),
         }
     }
+}
+
+/// What a [`tls_echo_target`] saw of one handshake: the SNI it was asked for, or the error.
+pub type Handshake = Result<Option<String>, String>;
+
+/// A TLS echo target on 127.0.0.1:0 presenting `identity`; with `client_ca`, it requires a
+/// client certificate from that CA. Reports each handshake to the test.
+pub async fn tls_echo_target(
+    identity: &Identity,
+    client_ca: Option<&Ca>,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Handshake>) {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("target versions");
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der()).expect("client CA");
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
+        .with_single_cert(vec![identity.cert_der.clone()], identity.key_der())
+        .expect("target cert");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind TLS target");
+    let addr = listener.local_addr().expect("TLS target addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match acceptor.accept(tcp).await {
+                    Ok(tls) => {
+                        let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                        let _ = tx.send(Ok(sni));
+                        let (mut r, mut w) = tokio::io::split(tls);
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                        let _ = w.shutdown().await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
 }
 
 // ---------------------------------------------------------------------------------------------

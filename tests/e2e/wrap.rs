@@ -1131,8 +1131,9 @@ async fn wswrap_serves_a_program_that_daemonizes_until_its_last_process_exits() 
     assert_python_session(server.public_v4()).await;
 
     // When the last process of the program is gone, wswrap exits with the program's status.
-    // SAFETY: kill(2) on the server this test started (its pid was just read from /proc).
-    unsafe { libc::kill(tree[0], libc::SIGTERM) };
+    // The server this test started (its pid was just read from /proc).
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(tree[0]), Signal::SIGTERM)
+        .expect("SIGTERM to the server");
     server.line("every process it started have exited");
     let status = server.exit();
     assert_eq!(status.code(), Some(3), "wswrap: {status:?}");
@@ -1145,8 +1146,9 @@ async fn wswrap_passes_websockify_options_and_a_foreground_program_ends_it() {
     let program = server.started_pid();
     server.moved_port();
     assert_python_session(server.public_v4()).await;
-    // SAFETY: kill(2) on the program wswrap started for this test.
-    unsafe { libc::kill(program, libc::SIGKILL) };
+    // The program wswrap started for this test.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(program), Signal::SIGKILL)
+        .expect("SIGKILL to the program");
     let status = server.exit();
     // --wrap-mode=exit: the program's end (killed by a signal: 128 + 9) ends wswrap.
     assert_eq!(status.code(), Some(137), "wswrap: {status:?}");
