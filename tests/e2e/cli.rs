@@ -416,28 +416,24 @@ fn idle_timeout_exits_0_when_nobody_connects() {
     );
 }
 
-/// In-process on the paused clock (server, client and target in this runtime): the idle
-/// time counts only while no session is open, however long a session lasts.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn idle_timeout_waits_while_a_session_is_open() {
-    let mut config = config_to(echo_server().await);
-    config.idle_timeout = Some(Duration::from_secs(1));
-    let mut server = TestServer::start(config).await;
-    let mut client = ws_connect(server.addr).await;
+    let echo = echo_server().await;
+    let (child, addr) =
+        start_websockify(&["--idle-timeout", "1", "127.0.0.1:0", &echo.to_string()]);
+    let mut client = ws_connect(addr).await;
     assert_echoes(&mut client, b"busy").await;
 
+    let mut exit = watch_exit(child);
     stays_pending(
-        "the server ends while a session is open",
-        Duration::from_secs(5),
-        &mut server.handle,
+        "exit while a session is open",
+        Duration::from_millis(1500),
+        &mut exit,
     )
     .await;
     assert_echoes(&mut client, b"still here").await;
     close_session(&mut client).await;
-    within("the server ends once idle", &mut server.handle)
-        .await
-        .expect("the server task")
-        .expect("the server");
+    assert_eq!(exited(exit).await.code(), Some(0));
 }
 
 #[tokio::test]

@@ -409,9 +409,7 @@ async fn ssl_target_verifies_the_target_against_system_roots() {
     assert_echoes(&mut client, "plain target").await;
 }
 
-/// On the paused clock (the server runs in this runtime): the 1 s deadline passes in
-/// virtual time, measured by tokio's `Instant`.
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn stalled_tls_handshake_is_dropped_at_the_deadline() {
     let dir = tempfile::tempdir().unwrap();
     let id = self_signed();

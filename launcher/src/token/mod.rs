@@ -357,7 +357,8 @@ mod tests {
     }
 
     /// On the paused clock (the service runs in this runtime): the deadline passes in
-    /// virtual time, and the elapsed time measured is exactly the virtual one.
+    /// virtual time, and the elapsed time measured is the virtual one. The deadline is the
+    /// earliest timer, so however the clock jumps the lookup can only end there.
     #[tokio::test(start_paused = true)]
     async fn a_lookup_that_hangs_ends_at_the_deadline() {
         bounded(async {
