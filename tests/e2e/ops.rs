@@ -10,7 +10,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, IntoRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 use std::os::unix::fs::{
     FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
 };
@@ -836,22 +836,7 @@ async fn systemd_socket_activation_serves_fd_3_and_notifies_ready() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: between fork and exec only dup2 and fcntl run (async-signal-safe, no
-    // allocation); `fd` is the listener's descriptor, open until the command is spawned.
-    unsafe {
-        command.pre_exec(move || {
-            use nix::fcntl::{F_GETFD, F_SETFD, FdFlag, fcntl};
-            let listener = std::os::fd::BorrowedFd::borrow_raw(fd);
-            if fd == 3 {
-                let flags = FdFlag::from_bits_truncate(fcntl(listener, F_GETFD)?);
-                fcntl(listener, F_SETFD(flags - FdFlag::FD_CLOEXEC))?;
-            } else {
-                // Fd 3 stays open for the program: it is not dropped here.
-                let _ = nix::unistd::dup2_raw(listener, 3)?.into_raw_fd();
-            }
-            Ok(())
-        });
-    }
+    pass_fd(&mut command, fd, 3);
     let child = ChildGuard::new(command.spawn().expect("spawn"));
     drop(listener);
 

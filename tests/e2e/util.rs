@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
@@ -586,6 +587,29 @@ pub fn inetd_websockify(args: &[&str]) -> (Command, SocketAddr) {
     let mut command = websockify(&[&["--inetd"], args].concat());
     command.stdin(Stdio::from(std::os::fd::OwnedFd::from(listener)));
     (command, addr)
+}
+
+/// Makes `fd` (open in this process until `command` is spawned) the child's descriptor
+/// `target`, without close-on-exec: systemd's fd 3, HAProxy's `bind fd@3`, a marker fd.
+pub fn pass_fd(command: &mut Command, fd: RawFd, target: RawFd) {
+    use nix::fcntl::{F_GETFD, F_SETFD, FdFlag, fcntl};
+    use std::os::fd::{BorrowedFd, IntoRawFd as _};
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: between fork and exec only dup2 and fcntl run (async-signal-safe, no
+    // allocation); `fd` stays open until the command is spawned, as the caller promises.
+    unsafe {
+        command.pre_exec(move || {
+            let source = BorrowedFd::borrow_raw(fd);
+            if fd == target {
+                let flags = FdFlag::from_bits_truncate(fcntl(source, F_GETFD)?);
+                fcntl(source, F_SETFD(flags - FdFlag::FD_CLOEXEC))?;
+            } else {
+                // The new descriptor stays open for the program: it is not dropped here.
+                let _ = nix::unistd::dup2_raw(source, target)?.into_raw_fd();
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Spawns the binary with `args`, stderr captured line by line.

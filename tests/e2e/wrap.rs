@@ -1204,7 +1204,7 @@ async fn kill_9_of_websockify_takes_the_wrapped_program_down() {
         alive(program),
         "the wrapped program {program} is not running"
     );
-    server.ws.signal(libc::SIGKILL);
+    server.ws.signal(Signal::SIGKILL);
     let deadline = std::time::Instant::now() + STEP;
     while alive(program) {
         assert!(
