@@ -4,14 +4,14 @@
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 
 use crate::util::{
     ChildGuard, STEP, Signal, client_frame, echo_server, listening_addr, pass_fd, raw_upgrade,
-    read_frame, run_websockify, skip_or_fail, spawn_websockify, websockify_bin, within,
+    read_frame, run_websockify, skip_or_fail, spawn_websockify, within,
 };
 
 fn is_root() -> bool {
@@ -152,13 +152,8 @@ fn unknown_user_or_unwritable_record_dir_refuses_to_start() {
 /// Spawns websockify with `marker` open as descriptor 9 (inherited across exec).
 fn spawn_with_fd_9(args: &[&str], marker: &std::fs::File) -> std::process::Child {
     let raw = marker.as_raw_fd();
-    let mut command = Command::new(websockify_bin());
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env_remove("RUST_LOG");
+    let mut command = crate::util::websockify(args);
+    command.stdout(Stdio::piped());
     pass_fd(&mut command, raw, 9);
     command.spawn().expect("spawn websockify")
 }
