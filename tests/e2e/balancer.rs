@@ -330,7 +330,7 @@ async fn sigterm_drains_then_closes_the_remaining_sessions_with_1001() {
     let (mut session, _) = raw_upgrade_after(addr, b"", "").await;
     echo_on(&mut session, b"before").await;
     let signalled = std::time::Instant::now();
-    child.signal(libc::SIGTERM);
+    child.signal(Signal::SIGTERM);
     until_status(metrics, "/readyz", 503).await;
     // During the shutdown delay new connections are still served.
     let (mut late, head) = raw_upgrade_after(addr, b"", "").await;
@@ -362,11 +362,11 @@ async fn sighup_reopens_the_log_file_and_sigusr1_is_ignored() {
     let log = dir.path().join("ws.log");
     let log_arg = log.to_str().expect("utf-8").to_owned();
     let (child, addr, _) = start(&["--log-file", &log_arg, "127.0.0.1:0", &echo]);
-    child.signal(libc::SIGUSR1);
+    child.signal(Signal::SIGUSR1);
     child.wait_for_line("SIGUSR1 received: ignored");
     let rotated = dir.path().join("ws.log.1");
     std::fs::rename(&log, &rotated).expect("rotate");
-    child.signal(libc::SIGHUP);
+    child.signal(Signal::SIGHUP);
     child.wait_for_line("log file reopened");
     let (mut stream, head) = raw_upgrade_after(addr, b"", "").await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");

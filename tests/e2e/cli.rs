@@ -294,7 +294,7 @@ async fn sigterm_sends_1001_and_exits_0_once_the_client_closes() {
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     echo_on(&mut stream, b"session open").await;
 
-    child.signal(libc::SIGTERM);
+    child.signal(Signal::SIGTERM);
     let (code, _reason) = read_close(&mut stream).await;
     assert_eq!(code, 1001, "close code on shutdown");
     stream
@@ -323,7 +323,7 @@ async fn start_idle_after_a_session() -> ChildGuard {
 async fn sigterm_without_sessions_exits_0_promptly() {
     let child = start_idle_after_a_session().await;
     let sent = Instant::now();
-    child.signal(libc::SIGTERM);
+    child.signal(Signal::SIGTERM);
     assert_eq!(exited(watch_exit(child)).await.code(), Some(0));
     // A drain would wait for up to 10 s; with nothing open there is nothing to wait for.
     assert!(
@@ -336,7 +336,7 @@ async fn sigterm_without_sessions_exits_0_promptly() {
 #[tokio::test]
 async fn sigint_without_sessions_exits_0() {
     let child = start_idle_after_a_session().await;
-    child.signal(libc::SIGINT);
+    child.signal(Signal::SIGINT);
     assert_eq!(exited(watch_exit(child)).await.code(), Some(0));
 }
 
@@ -347,7 +347,7 @@ async fn sigterm_right_after_the_banner_exits_0() {
     // because a window between the two would be short.
     for _ in 0..5 {
         let (child, _addr) = start_websockify(&["127.0.0.1:0", "127.0.0.1:1"]);
-        child.signal(libc::SIGTERM);
+        child.signal(Signal::SIGTERM);
         let status = exited(watch_exit(child)).await;
         assert_eq!(status.code(), Some(0), "killed by the signal: {status:?}");
     }
@@ -362,9 +362,9 @@ async fn second_sigterm_exits_at_once_while_a_client_ignores_the_close() {
     echo_on(&mut stream, b"session open").await;
 
     // From here on the client neither reads nor answers: the drain would have to wait.
-    child.signal(libc::SIGTERM);
+    child.signal(Signal::SIGTERM);
     child.wait_for_line("SIGTERM received");
-    child.signal(libc::SIGTERM);
+    child.signal(Signal::SIGTERM);
     let status = exited(watch_exit(child)).await;
     // The drain ending by itself exits 0; the second signal's exit is the non-zero one.
     assert!(

@@ -11,8 +11,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt as _;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -29,8 +28,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::util::{
-    ChildGuard, STEP, block, client_frame, find_program, on_free_port, port_was_taken,
-    skip_or_fail, websockify_bin, within,
+    ChildGuard, STEP, Signal, block, client_frame, find_program, http_get, on_free_port, pass_fd,
+    port_was_taken, skip_or_fail, websockify_bin, within,
 };
 
 /// Number of instances, as in `deploy/haproxy.cfg`.
@@ -158,24 +157,6 @@ impl Proc {
             guard: ChildGuard::new(child),
             out,
         }
-    }
-}
-
-/// Makes `fd` the child's descriptor 3 (for HAProxy's `bind fd@3`).
-fn pass_fd_as_3(command: &mut Command, fd: RawFd) {
-    // SAFETY: between fork and exec only dup2 and fcntl run, which are async-signal-safe.
-    unsafe {
-        command.pre_exec(move || {
-            if fd == 3 {
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
     }
 }
 
@@ -525,7 +506,7 @@ impl Fleet {
         let front = front_listener.local_addr().expect("frontend address");
         let mut check = Command::new(&haproxy);
         check.arg("-c").arg("-f").arg(&cfg_path);
-        pass_fd_as_3(&mut check, front_listener.as_raw_fd());
+        pass_fd(&mut check, front_listener.as_raw_fd(), 3);
         let checked = block(|| run_bounded(&mut check, b""));
         assert!(
             checked.0,
@@ -534,7 +515,7 @@ impl Fleet {
         );
         let mut command = Command::new(&haproxy);
         command.arg("-db").arg("-f").arg(&cfg_path);
-        pass_fd_as_3(&mut command, front_listener.as_raw_fd());
+        pass_fd(&mut command, front_listener.as_raw_fd(), 3);
         // HAProxy accepts on the listener the test bound: connections queue until it runs.
         let haproxy = Proc::spawn(&mut command);
         Some(Fleet {
@@ -587,8 +568,8 @@ fn run_bounded(command: &mut Command, input: &[u8]) -> (bool, String) {
         let _ = tx.send(child.wait_with_output());
     });
     let Ok(output) = rx.recv_timeout(STEP) else {
-        // SAFETY: kill(2) on our own child; the thread above reaps it.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        // Our own child; the thread above reaps it.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
         panic!("{command:?} did not finish within {STEP:?}");
     };
     let output = output.expect("command output");
@@ -850,33 +831,6 @@ impl Load {
     }
 }
 
-/// `GET path` on a metrics port: (status, head and body).
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    within("HTTP GET", async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect");
-        stream
-            .write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-            )
-            .await
-            .expect("send");
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await.expect("read");
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        (status, text)
-    })
-    .await
-}
-
-/// The body of an HTTP response.
-fn body(response: &str) -> &str {
-    response.split_once("\r\n\r\n").map_or("", |(_, body)| body)
-}
-
 /// The sum of all samples of `metric` (any labels) in a scrape.
 fn total(scrape: &str, metric: &str) -> f64 {
     scrape
@@ -1024,7 +978,7 @@ async fn haproxy_marks_a_killed_instance_down_and_new_sessions_succeed() {
     load.wait_more(60).await;
     let from = fleet.haproxy.out.len();
     let killed_at = Instant::now();
-    fleet.instances[1].proc.guard.signal(libc::SIGKILL);
+    fleet.instances[1].proc.guard.signal(Signal::SIGKILL);
     let (_, down) = fleet.haproxy_says(from, 2, "DOWN");
     let down_at = Instant::now();
     assert!(
@@ -1168,7 +1122,7 @@ async fn rolling_restart_loses_no_handshake_and_drains_with_1001() {
         let n = i + 1;
         let from = fleet.haproxy.out.len();
         let signalled = Instant::now();
-        fleet.instances[i].proc.guard.signal(libc::SIGTERM);
+        fleet.instances[i].proc.guard.signal(Signal::SIGTERM);
         // Marked down by /readyz's 503 while the instance still accepts (--shutdown-delay),
         // not by a refused connection.
         let (_, down) = fleet.haproxy_says(from, n, "DOWN");
@@ -1295,10 +1249,15 @@ async fn scrapes_under_load_pass_promtool_and_the_counters_add_up() {
     load.wait_more(100).await;
     let mut during = Vec::new();
     for instance in &fleet.instances {
-        let (status, response) = http_get(instance.metrics, "/metrics").await;
-        assert_eq!(status, 200, "{response}");
-        assert!(response.contains("text/plain; version=0.0.4"), "{response}");
-        during.push(body(&response).to_owned());
+        let response = http_get(instance.metrics, "/metrics").await;
+        assert_eq!(response.status, 200, "{response:?}");
+        assert!(
+            response
+                .header("content-type")
+                .is_some_and(|value| value.contains("text/plain; version=0.0.4")),
+            "{response:?}"
+        );
+        during.push(response.text());
     }
     let sessions_during = load.log.count();
     load.wait_more(50).await;
@@ -1330,7 +1289,7 @@ async fn scrapes_under_load_pass_promtool_and_the_counters_add_up() {
         loop {
             let mut scrapes = Vec::new();
             for instance in &fleet.instances {
-                scrapes.push(body(&http_get(instance.metrics, "/metrics").await.1).to_owned());
+                scrapes.push(http_get(instance.metrics, "/metrics").await.text());
             }
             let closed: f64 = scrapes
                 .iter()
@@ -1376,7 +1335,7 @@ async fn scrapes_under_load_pass_promtool_and_the_counters_add_up() {
         loop {
             let mut scrapes = Vec::new();
             for instance in &fleet.instances {
-                scrapes.push(body(&http_get(instance.metrics, "/metrics").await.1).to_owned());
+                scrapes.push(http_get(instance.metrics, "/metrics").await.text());
             }
             if scrapes
                 .iter()
@@ -1487,9 +1446,9 @@ async fn the_per_ip_limit_counts_the_client_behind_haproxy() {
     }
     let mut limit_refusals = 0.0;
     for instance in &fleet.instances {
-        let (_, response) = http_get(instance.metrics, "/metrics").await;
+        let response = http_get(instance.metrics, "/metrics").await.text();
         limit_refusals += total(
-            body(&response),
+            &response,
             "websockify_handshakes_refused_total{reason=\"limit\"}",
         );
     }

@@ -76,7 +76,7 @@ async fn stderr_nobody_reads_never_stops_upgrades_or_sigterm() {
 
     let mut client = echo_session(addr, b"still served").await;
     client.shutdown().await.expect("shutdown");
-    child.signal(libc::SIGTERM);
+    child.signal(Signal::SIGTERM);
     let status = block(|| child.wait_exit());
     assert_eq!(status.code(), Some(0), "{status:?}");
 
@@ -147,7 +147,7 @@ async fn traffic_on_a_stdout_nobody_reads_never_stalls_sessions() {
         report.contains("stdout (--traffic) was not reading"),
         "{report}"
     );
-    child.signal(libc::SIGTERM);
+    child.signal(Signal::SIGTERM);
     let mut child = child;
     let status = block(|| child.wait_exit());
     assert_eq!(status.code(), Some(0), "{status:?}");
@@ -169,7 +169,7 @@ async fn record_skips_a_planted_symlink_and_writes_a_private_file() {
     let mut client = echo_session(addr, b"secret keystrokes").await;
     client.shutdown().await.expect("shutdown");
     block(|| child.wait_for_line("session closed"));
-    child.signal(libc::SIGTERM);
+    child.signal(Signal::SIGTERM);
     assert_eq!(block(|| child.wait_exit()).code(), Some(0));
 
     assert_eq!(
@@ -253,7 +253,7 @@ async fn a_failed_second_start_leaves_the_running_instances_pid_file_alone() {
     // The first instance still serves, and removes its file when it stops.
     let mut client = echo_session(addr, b"still the first").await;
     client.shutdown().await.expect("shutdown");
-    first.signal(libc::SIGTERM);
+    first.signal(Signal::SIGTERM);
     assert_eq!(block(|| first.wait_exit()).code(), Some(0));
     assert!(!pid_path.exists(), "the pid file outlived its instance");
 }

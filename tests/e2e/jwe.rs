@@ -72,8 +72,8 @@ fn run_bounded_with_input(
         let _ = tx.send(child.wait_with_output());
     });
     let Ok(output) = rx.recv_timeout(timeout) else {
-        // SAFETY: kill(2) on our own child; the thread above reaps it.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        // Our own child; the thread above reaps it.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
         return Err(format!("{command:?} did not finish within {timeout:?}"));
     };
     let output = output.map_err(|e| format!("{command:?}: {e}"))?;

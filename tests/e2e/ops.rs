@@ -7,7 +7,6 @@
 //! No test sleeps to synchronise: processes that are not our children are awaited through a
 //! pidfd, files are read after the log line or exit that guarantees their contents.
 
-use std::ffi::CStr;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -21,6 +20,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket, UnixDatagram, UnixStream};
 
@@ -39,11 +39,16 @@ fn start(args: &[&str]) -> (ChildGuard, String) {
 /// Waits (bounded) until `pid`, which need not be our child, has exited: a pidfd becomes
 /// readable then. The process may remain as a zombie until its parent reaps it.
 async fn gone(pid: i32) {
+    // nix (0.31) has no pidfd_open: the one system call made directly.
     // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     if fd < 0 {
         let err = io::Error::last_os_error();
-        assert_eq!(err.raw_os_error(), Some(libc::ESRCH), "pidfd_open({pid})");
+        assert_eq!(
+            err.raw_os_error(),
+            Some(nix::errno::Errno::ESRCH as i32),
+            "pidfd_open({pid})"
+        );
         return; // already reaped
     }
     let fd = i32::try_from(fd).expect("fd");
@@ -61,16 +66,10 @@ async fn gone(pid: i32) {
     assert!(!alive(pid), "process {pid} is still running");
 }
 
-/// Sends `signal` to a process that is not our child.
-fn kill(pid: i32, signal: i32) {
-    // SAFETY: kill(2) on a pid this test started and checked to be alive.
-    let rc = unsafe { libc::kill(pid, signal) };
-    assert_eq!(
-        rc,
-        0,
-        "kill({pid}, {signal}): {}",
-        io::Error::last_os_error()
-    );
+/// Sends `signal` to a process that is not our child (or, with a negative pid, to a group).
+fn kill(pid: i32, signal: Signal) {
+    nix::sys::signal::kill(Pid::from_raw(pid), signal)
+        .unwrap_or_else(|err| panic!("kill({pid}, {signal}): {err}"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -292,7 +291,7 @@ async fn traffic_prints_the_legend_and_tokens_on_stdout() {
     echo_on(&mut client, b"one message").await;
     close_on(&mut client).await;
     block(|| child.wait_for_line("session closed"));
-    child.signal(libc::SIGTERM);
+    child.signal(Signal::SIGTERM);
     assert_eq!(exited(watch_exit(child)).await.code(), Some(0));
 
     let out = rx.recv_timeout(STEP).expect("stdout at exit");
@@ -363,8 +362,8 @@ async fn start_daemon(dir: &Path, options: &[&str]) -> (KillOnDrop, i32, PathBuf
     let guard = KillOnDrop::new(&[pid]);
     let stat = proc_stat(pid).unwrap_or_else(|| panic!("daemon {pid} is not running"));
     assert!(alive(pid), "daemon {pid}: state {}", stat.state);
-    // SAFETY: getsid(0) and getpid() only read our own process's ids.
-    let (our_session, our_pid) = unsafe { (libc::getsid(0), libc::getpid()) };
+    let our_session = nix::unistd::getsid(None).expect("getsid").as_raw();
+    let our_pid = nix::unistd::getpid().as_raw();
     let (session, tty) = (stat.session, stat.tty_nr);
     assert_ne!(session, our_session, "the daemon is still in our session");
     assert_ne!(
@@ -389,7 +388,7 @@ async fn stop_daemon(pid_file: &Path) {
         .trim()
         .parse()
         .expect("pid");
-    kill(pid, libc::SIGTERM);
+    kill(pid, Signal::SIGTERM);
     gone(pid).await;
     assert!(
         !pid_file.exists(),
@@ -497,31 +496,19 @@ async fn daemon_keeps_sending_to_a_udp_syslog_server_with_the_daemon_facility() 
 
 /// A pseudo-terminal: (master, slave), or `None` when this machine has none.
 fn open_pty() -> Option<(File, File)> {
-    // SAFETY: posix_openpt/grantpt/unlockpt/ptsname_r on a descriptor we own; ptsname_r
-    // writes a NUL-terminated name into our buffer.
-    unsafe {
-        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
-        if master < 0 {
-            return None;
-        }
-        let master = File::from_raw_fd(master);
-        let fd = master.as_raw_fd();
-        if libc::grantpt(fd) != 0 || libc::unlockpt(fd) != 0 {
-            return None;
-        }
-        let mut name = [0 as libc::c_char; 128];
-        if libc::ptsname_r(fd, name.as_mut_ptr(), name.len()) != 0 {
-            return None;
-        }
-        let path = CStr::from_ptr(name.as_ptr()).to_str().ok()?.to_owned();
-        let slave = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOCTTY)
-            .open(path)
-            .ok()?;
-        Some((master, slave))
-    }
+    use nix::fcntl::OFlag;
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).ok()?;
+    grantpt(&master).ok()?;
+    unlockpt(&master).ok()?;
+    let path = ptsname_r(&master).ok()?;
+    let slave = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(OFlag::O_NOCTTY.bits())
+        .open(path)
+        .ok()?;
+    Some((File::from(OwnedFd::from(master)), slave))
 }
 
 /// Removes `ESC [ ... letter` sequences.
@@ -582,7 +569,7 @@ async fn log_file_gets_plain_lines_even_when_stderr_is_a_coloured_terminal() {
     let mut client = session(addr).await;
     echo_on(&mut client, b"logged").await;
     close_on(&mut client).await;
-    child.signal(libc::SIGTERM);
+    child.signal(Signal::SIGTERM);
     assert_eq!(exited(watch_exit(child)).await.code(), Some(0));
 
     let text = std::fs::read_to_string(&log).expect("log file");
@@ -703,7 +690,7 @@ async fn inetd_wait_mode_serves_a_listening_socket_on_stdin() {
         echo_on(&mut client, format!("inetd wait {round}").as_bytes()).await;
         close_on(&mut client).await;
     }
-    child.signal(libc::SIGTERM);
+    child.signal(Signal::SIGTERM);
     assert_eq!(exited(watch_exit(child)).await.code(), Some(0));
 }
 
@@ -770,7 +757,7 @@ async fn unix_listen_replaces_a_stale_socket_applies_the_mode_and_removes_the_fi
     echo_on(&mut client, b"over a unix socket").await;
     close_on(&mut client).await;
 
-    child.signal(libc::SIGTERM);
+    child.signal(Signal::SIGTERM);
     assert_eq!(exited(watch_exit(child)).await.code(), Some(0));
     assert!(!path.exists(), "socket file left behind");
 }
@@ -849,20 +836,7 @@ async fn systemd_socket_activation_serves_fd_3_and_notifies_ready() {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if fd == 3 {
-                let flags = libc::fcntl(3, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    pass_fd(&mut command, fd, 3);
     let child = ChildGuard::new(command.spawn().expect("spawn"));
     drop(listener);
 
@@ -879,7 +853,7 @@ async fn systemd_socket_activation_serves_fd_3_and_notifies_ready() {
     echo_on(&mut client, b"socket activated").await;
     close_on(&mut client).await;
 
-    child.signal(libc::SIGTERM);
+    child.signal(Signal::SIGTERM);
     let n = within("STOPPING=1", notify.recv(&mut buf))
         .await
         .expect("recv");
@@ -1030,8 +1004,8 @@ impl Drop for KillGroupOnDrop {
         if let Some(pgid) = self.0
             && !group_members(pgid).is_empty()
         {
-            // SAFETY: kill(2) on the process group this test created.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            // The process group this test created.
+            let _ = nix::sys::signal::kill(Pid::from_raw(-pgid), Signal::SIGKILL);
         }
     }
 }
@@ -1090,8 +1064,7 @@ async fn the_real_novnc_proxy_script_runs_our_binary() {
 
     let members = group_members(pgid);
     assert!(members.len() >= 2, "script and websockify: {members:?}");
-    // SAFETY: kill(2) on the process group this test created.
-    assert_eq!(unsafe { libc::kill(-pgid, libc::SIGTERM) }, 0);
+    kill(-pgid, Signal::SIGTERM);
     exited(watch_exit(child)).await;
     for pid in members {
         gone(pid).await;

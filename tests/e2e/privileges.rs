@@ -3,21 +3,19 @@
 
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::PermissionsExt as _;
-use std::os::unix::process::CommandExt as _;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 
 use crate::util::{
-    ChildGuard, STEP, client_frame, echo_server, listening_addr, raw_upgrade, read_frame,
-    run_websockify, skip_or_fail, spawn_websockify, websockify_bin, within,
+    ChildGuard, STEP, Signal, client_frame, echo_server, listening_addr, pass_fd, raw_upgrade,
+    read_frame, run_websockify, skip_or_fail, spawn_websockify, within,
 };
 
 fn is_root() -> bool {
-    // SAFETY: geteuid(2) cannot fail and touches no memory.
-    unsafe { libc::geteuid() == 0 }
+    nix::unistd::geteuid().is_root()
 }
 
 /// The numeric ids of user `name` from the passwd database: (uid, primary gid).
@@ -154,22 +152,9 @@ fn unknown_user_or_unwritable_record_dir_refuses_to_start() {
 /// Spawns websockify with `marker` open as descriptor 9 (inherited across exec).
 fn spawn_with_fd_9(args: &[&str], marker: &std::fs::File) -> std::process::Child {
     let raw = marker.as_raw_fd();
-    let mut command = Command::new(websockify_bin());
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .env_remove("RUST_LOG");
-    // SAFETY: dup2 is async-signal-safe; the new descriptor has no close-on-exec flag.
-    unsafe {
-        command.pre_exec(move || {
-            if libc::dup2(raw, 9) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let mut command = crate::util::websockify(args);
+    command.stdout(Stdio::piped());
+    pass_fd(&mut command, raw, 9);
     command.spawn().expect("spawn websockify")
 }
 
@@ -243,8 +228,8 @@ struct DaemonGuard(i32);
 
 impl Drop for DaemonGuard {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on the daemon this test started (from its pid file).
-        unsafe { libc::kill(self.0, libc::SIGKILL) };
+        // The daemon this test started (from its pid file).
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), Signal::SIGKILL);
         let deadline = Instant::now() + STEP;
         while Path::new(&format!("/proc/{}", self.0)).exists() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));

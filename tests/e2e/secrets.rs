@@ -2,7 +2,6 @@
 //! `--auth-source @FILE`, with the real binary.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -13,9 +12,7 @@ use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use crate::util::{
-    ChildGuard, echo_server, listening_addr, raw_upgrade, spawn_websockify, websockify_bin, within,
-};
+use crate::util::{ChildGuard, echo_server, listening_addr, raw_upgrade, spawn_websockify, within};
 
 /// A self-signed `localhost` certificate and its key encrypted with `password` (PKCS#8).
 fn encrypted_identity(password: &str) -> (String, String, CertificateDer<'static>) {
@@ -61,14 +58,8 @@ async fn tls_handshake(addr: SocketAddr, cert: &CertificateDer<'static>) -> Resu
 }
 
 fn spawn_with_env(args: &[&str], env: Option<(&str, &str)>) -> ChildGuard {
-    let mut command = Command::new(websockify_bin());
-    command
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .env_remove("RUST_LOG")
-        .env_remove("WEBSOCKIFY_KEY_PASSWORD");
+    let mut command = crate::util::websockify(args);
+    command.env_remove("WEBSOCKIFY_KEY_PASSWORD");
     if let Some((name, value)) = env {
         command.env(name, value);
     }

@@ -11,19 +11,21 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use rcgen::ExtendedKeyUsagePurpose;
 use rustls::pki_types::{CertificateDer, ServerName};
-use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls::{ClientConfig, RootCertStore, SupportedProtocolVersion};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use websockify::Target;
 use websockify::config::{Config, SslVersion};
 
-use crate::util::{Ca, Identity, TestServer, config_to, echo_server, self_signed, within};
+use crate::util::{
+    Ca, Identity, TestServer, config_to, echo_server, self_signed, tls_echo_target, within,
+};
 
 // ---- certificates ---------------------------------------------------------------------------
 
@@ -336,46 +338,6 @@ async fn verify_client_accepts_only_certificates_from_the_cafile() {
     assert_wss_refused(server.addr, with_stranger, "client cert from another CA").await;
 }
 
-/// A TLS echo server for `localhost`; reports each handshake's result to the test.
-async fn tls_echo_target(
-    identity: &Identity,
-) -> (
-    SocketAddr,
-    tokio::sync::mpsc::UnboundedReceiver<io::Result<()>>,
-) {
-    let config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("target versions")
-        .with_no_client_auth()
-        .with_single_cert(vec![identity.cert_der.clone()], identity.key_der())
-        .expect("target cert");
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind TLS target");
-    let addr = listener.local_addr().expect("TLS target addr");
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
-            tokio::spawn(async move {
-                match acceptor.accept(tcp).await {
-                    Ok(tls) => {
-                        let _ = tx.send(Ok(()));
-                        let (mut r, mut w) = tokio::io::split(tls);
-                        let _ = tokio::io::copy(&mut r, &mut w).await;
-                        let _ = w.shutdown().await;
-                    }
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                    }
-                }
-            });
-        }
-    });
-    (addr, rx)
-}
-
 /// Reads the close frame the server sends after a failed target connect.
 async fn expect_close<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str, what: &str)
 where
@@ -394,8 +356,11 @@ where
 #[tokio::test]
 async fn ssl_target_verifies_the_target_against_system_roots() {
     let ca = Ca::new();
-    let (target, mut handshakes) =
-        tls_echo_target(&ca.issue("localhost", ExtendedKeyUsagePurpose::ServerAuth)).await;
+    let (target, mut handshakes) = tls_echo_target(
+        &ca.issue("localhost", ExtendedKeyUsagePurpose::ServerAuth),
+        None,
+    )
+    .await;
     let mut config = Config::new(Target::Tcp {
         host: "localhost".into(),
         port: target.port(),

@@ -7,11 +7,15 @@
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::os::fd::RawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub use nix::sys::signal::Signal;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -512,11 +516,10 @@ impl ChildGuard {
         status
     }
 
-    /// Sends `signal` to the process.
-    pub fn signal(&self, signal: i32) {
+    /// Sends `signal` to the process (a pid we spawned and have not reaped yet).
+    pub fn signal(&self, signal: Signal) {
         if self.status.is_none() {
-            // SAFETY: kill(2) with a pid we spawned and have not reaped yet.
-            unsafe { libc::kill(self.pid, signal) };
+            let _ = kill(Pid::from_raw(self.pid), signal);
         }
     }
 }
@@ -524,8 +527,8 @@ impl ChildGuard {
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         if self.status.is_none() && self.exit.try_recv().is_err() {
-            // SAFETY: as in `signal`; the waiting thread reaps the process.
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            // The waiting thread reaps the process.
+            let _ = kill(Pid::from_raw(self.pid), Signal::SIGKILL);
             let _ = self.exit.recv_timeout(STEP);
         }
     }
@@ -586,6 +589,29 @@ pub fn inetd_websockify(args: &[&str]) -> (Command, SocketAddr) {
     (command, addr)
 }
 
+/// Makes `fd` (open in this process until `command` is spawned) the child's descriptor
+/// `target`, without close-on-exec: systemd's fd 3, HAProxy's `bind fd@3`, a marker fd.
+pub fn pass_fd(command: &mut Command, fd: RawFd, target: RawFd) {
+    use nix::fcntl::{F_GETFD, F_SETFD, FdFlag, fcntl};
+    use std::os::fd::{BorrowedFd, IntoRawFd as _};
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: between fork and exec only dup2 and fcntl run (async-signal-safe, no
+    // allocation); `fd` stays open until the command is spawned, as the caller promises.
+    unsafe {
+        command.pre_exec(move || {
+            let source = BorrowedFd::borrow_raw(fd);
+            if fd == target {
+                let flags = FdFlag::from_bits_truncate(fcntl(source, F_GETFD)?);
+                fcntl(source, F_SETFD(flags - FdFlag::FD_CLOEXEC))?;
+            } else {
+                // The new descriptor stays open for the program: it is not dropped here.
+                let _ = nix::unistd::dup2_raw(source, target)?.into_raw_fd();
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Spawns the binary with `args`, stderr captured line by line.
 pub fn spawn_websockify(args: &[&str]) -> ChildGuard {
     ChildGuard::new(websockify(args).spawn().expect("spawn websockify"))
@@ -611,8 +637,8 @@ pub fn run_websockify(args: &[&str]) -> (Option<i32>, String, String) {
         let _ = tx.send(child.wait_with_output());
     });
     let Ok(output) = rx.recv_timeout(STEP) else {
-        // SAFETY: kill(2) on our own child; the thread above reaps it.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        // Our own child; the thread above reaps it.
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         panic!("websockify {args:?} did not exit within {STEP:?}");
     };
     let output = output.expect("output");
@@ -724,8 +750,7 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         for &(pid, started) in &self.0 {
             if alive(pid) && proc_stat(pid).map(|stat| stat.start_time) == Some(started) {
-                // SAFETY: kill(2) on a process this test started (checked by start time).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
         }
     }
@@ -754,8 +779,13 @@ impl Identity {
 
 /// A self-signed server certificate for `localhost`.
 pub fn self_signed() -> Identity {
+    self_signed_for("localhost")
+}
+
+/// A self-signed server certificate for `name`.
+pub fn self_signed_for(name: &str) -> Identity {
     let key = KeyPair::generate().expect("generate key");
-    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+    let cert = CertificateParams::new(vec![name.to_owned()])
         .expect("params")
         .self_signed(&key)
         .expect("self-sign");
@@ -793,13 +823,13 @@ impl Ca {
         self.issuer.der().clone()
     }
 
-    /// A certificate for `localhost` with commonName `cn`, signed by this CA, for `purpose`
-    /// (a server, or a client presenting it).
-    pub fn issue(&self, cn: &str, purpose: ExtendedKeyUsagePurpose) -> Identity {
+    /// A certificate for `name` (its DNS name and commonName), signed by this CA, for
+    /// `purpose` (a server, or a client presenting it).
+    pub fn issue(&self, name: &str, purpose: ExtendedKeyUsagePurpose) -> Identity {
         let key = KeyPair::generate().expect("generate leaf key");
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+        let mut params = CertificateParams::new(vec![name.to_owned()]).expect("params");
         params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, cn);
+        params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![purpose];
         let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
         Identity {
@@ -808,6 +838,62 @@ impl Ca {
             cert_der: cert.der().clone(),
         }
     }
+}
+
+/// What a [`tls_echo_target`] saw of one handshake: the SNI it was asked for, or the error.
+pub type Handshake = Result<Option<String>, String>;
+
+/// A TLS echo target on 127.0.0.1:0 presenting `identity`; with `client_ca`, it requires a
+/// client certificate from that CA. Reports each handshake to the test.
+pub async fn tls_echo_target(
+    identity: &Identity,
+    client_ca: Option<&Ca>,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Handshake>) {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("target versions");
+    let builder = match client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca.der()).expect("client CA");
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()
+                    .expect("client verifier");
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
+        .with_single_cert(vec![identity.cert_der.clone()], identity.key_der())
+        .expect("target cert");
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind TLS target");
+    let addr = listener.local_addr().expect("TLS target addr");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match acceptor.accept(tcp).await {
+                    Ok(tls) => {
+                        let sni = tls.get_ref().1.server_name().map(str::to_owned);
+                        let _ = tx.send(Ok(sni));
+                        let (mut r, mut w) = tokio::io::split(tls);
+                        let _ = tokio::io::copy(&mut r, &mut w).await;
+                        let _ = w.shutdown().await;
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1583,16 +1583,20 @@ impl Drop for Redis {
 
 impl Redis {
     /// Starts redis-server on `port` (a free one if 0), with `password` if given; returns once
-    /// it logs that it accepts connections.
+    /// it logs that it accepts connections. redis-server cannot be handed a listening socket,
+    /// so a free port comes from `on_free_port`, which starts it again on another port if the
+    /// port was taken meanwhile.
     async fn start(port: u16, password: Option<&str>) -> Redis {
-        let port = if port == 0 {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("free port")
-                .port()
-        } else {
-            port
-        };
+        block(|| match port {
+            0 => on_free_port(|port| Redis::spawn(port, password)),
+            port => Redis::spawn(port, password)
+                .unwrap_or_else(|why| panic!("redis-server on port {port}: {why}")),
+        })
+    }
+
+    /// Spawns redis-server on `port` and waits (bounded) until it accepts connections; `Err`
+    /// when the port was taken.
+    fn spawn(port: u16, password: Option<&str>) -> Result<Redis, String> {
         let mut command = Command::new(REDIS_SERVER);
         command
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -1606,26 +1610,27 @@ impl Redis {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server");
-        let stdout = child.stdout.take().expect("stdout");
+        // The reader keeps draining until EOF, so the server never blocks on a full pipe.
+        let lines = lines_of(child.stdout.take().expect("stdout"));
         let redis = Redis {
             child,
             port,
             password: password.map(str::to_owned),
         };
-        let ready = tokio::task::spawn_blocking(move || {
-            use std::io::BufRead;
-            let mut lines = std::io::BufReader::new(stdout).lines();
-            let ready = lines
-                .by_ref()
-                .map_while(Result::ok)
-                .any(|l| l.contains("Ready to accept connections"));
-            // Keep draining so the server never blocks on a full pipe.
-            std::thread::spawn(move || lines.for_each(drop));
-            ready
-        });
-        let ready = within("redis-server start", ready).await.expect("reader");
-        assert!(ready, "redis-server exited before it was ready");
-        redis
+        let deadline = std::time::Instant::now() + STEP;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains("Ready to accept connections") => return Ok(redis),
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        let seen = seen.join("\n");
+        if seen.contains("in use") {
+            return Err(seen);
+        }
+        panic!("redis-server on port {port} did not get ready within {STEP:?}:\n{seen}");
     }
 
     async fn set(&self, db: i64, pairs: &[(&str, String)]) {
@@ -1996,7 +2001,7 @@ async fn the_log_never_contains_the_token() {
 
 /// SIGTERM, wait for the exit, and return every stderr line after the banner.
 async fn stop_and_collect(child: ChildGuard) -> Vec<String> {
-    child.signal(libc::SIGTERM);
+    child.signal(Signal::SIGTERM);
     let (child, _status) = within("websockify exit", watch_exit(child))
         .await
         .expect("exit");

@@ -119,10 +119,10 @@ struct Wrapped {
 impl Drop for Wrapped {
     fn drop(&mut self) {
         // Frozen first, so that respawn mode cannot start the program again meanwhile.
-        self.ws.signal(libc::SIGSTOP);
+        self.ws.signal(Signal::SIGSTOP);
         for pid in descendants(self.ws.pid) {
-            // SAFETY: kill(2) on a live descendant of the websockify this test started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // A live descendant of the websockify this test started.
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
         }
     }
 }
@@ -618,8 +618,7 @@ async fn respawns_a_one_shot_telnet_server_for_each_client() {
         eprintln!("skipped: socat or telnetd is not installed");
         return;
     };
-    // SAFETY: geteuid(2) has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !nix::unistd::geteuid().is_root() {
         // login(1) under telnetd prompts only when started as root.
         eprintln!("skipped: telnetd needs root to reach the login prompt");
         return;
@@ -653,7 +652,7 @@ async fn respawns_a_one_shot_telnet_server_for_each_client() {
     let tree = descendants(server.ws.pid);
     assert!(tree.contains(&third), "pid {third} not in {tree:?}");
     let _cleanup = KillOnDrop::new(&tree);
-    server.ws.signal(libc::SIGTERM);
+    server.ws.signal(Signal::SIGTERM);
     let status = server.exit();
     assert_eq!(
         status.code(),
@@ -737,7 +736,7 @@ async fn proxies_xtigervnc_in_ignore_mode_and_stops_it_on_sigterm() {
         }
     }
 
-    server.ws.signal(libc::SIGTERM);
+    server.ws.signal(Signal::SIGTERM);
     let status = server.exit();
     assert_eq!(
         status.code(),
@@ -776,7 +775,7 @@ async fn ignore_mode_keeps_proxying_to_a_program_that_daemonizes() {
     );
     assert_python_session(server.public_v4()).await;
 
-    server.ws.signal(libc::SIGTERM);
+    server.ws.signal(Signal::SIGTERM);
     let status = server.exit();
     assert_eq!(
         status.code(),
@@ -805,7 +804,7 @@ async fn respawn_mode_throttles_a_failing_program_to_three_starts_per_ten_second
         "a fourth start within 10 s: {line:?}"
     );
     // A stop does not wait for the throttle.
-    server.ws.signal(libc::SIGTERM);
+    server.ws.signal(Signal::SIGTERM);
     let status = server.exit();
     assert_eq!(
         status.code(),
@@ -828,7 +827,7 @@ async fn sigterm_does_not_wait_for_a_session_still_waiting_for_the_program() {
     server.line("wrapped program not listening yet: waiting for it");
 
     let sent = std::time::Instant::now();
-    server.ws.signal(libc::SIGTERM);
+    server.ws.signal(Signal::SIGTERM);
     let bound = Duration::from_secs(3);
     let (code, reason) = tokio::time::timeout(bound, read_close(&mut stream))
         .await
@@ -863,11 +862,12 @@ async fn the_program_starts_with_default_signal_handling() {
             .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
             .unwrap_or_else(|| panic!("no {name} in {status}"))
     };
-    let bit = |signal: i32| 1u64 << (signal - 1);
-    let watched = bit(libc::SIGPIPE) | bit(libc::SIGINT) | bit(libc::SIGTERM) | bit(libc::SIGCHLD);
+    let bit = |signal: Signal| 1u64 << (signal as i32 - 1);
+    let watched =
+        bit(Signal::SIGPIPE) | bit(Signal::SIGINT) | bit(Signal::SIGTERM) | bit(Signal::SIGCHLD);
     assert_eq!(mask("SigIgn:") & watched, 0, "ignored signals:\n{status}");
     assert_eq!(mask("SigBlk:"), 0, "blocked signals:\n{status}");
-    server.ws.signal(libc::SIGTERM);
+    server.ws.signal(Signal::SIGTERM);
     assert_eq!(server.exit().code(), Some(0));
     assert!(!alive(pid));
 }
@@ -891,7 +891,7 @@ fn exit_mode_exits_with_the_program_status() {
 #[test]
 fn exit_mode_reports_a_program_killed_by_a_signal_as_128_plus_n() {
     let (code, stderr) = run_wrapped(&["sh", "-c", "kill -TERM $$"]);
-    assert_eq!(code, Some(128 + libc::SIGTERM), "{stderr}");
+    assert_eq!(code, Some(128 + Signal::SIGTERM as i32), "{stderr}");
 }
 
 #[test]
@@ -1003,7 +1003,7 @@ async fn sigterm_stops_the_whole_program_tree_including_escaped_daemons() {
     assert!(tree.len() >= 3, "server and two sleeps: {tree:?}");
     let _cleanup = KillOnDrop::new(&tree);
 
-    server.ws.signal(libc::SIGTERM);
+    server.ws.signal(Signal::SIGTERM);
     let status = server.exit();
     assert_eq!(
         status.code(),
@@ -1025,9 +1025,9 @@ async fn a_second_signal_still_stops_the_program() {
     let mut stream = session(server.public_v4()).await;
     read_until(&mut stream, GREETING).await;
 
-    server.ws.signal(libc::SIGINT);
+    server.ws.signal(Signal::SIGINT);
     server.line("SIGINT received");
-    server.ws.signal(libc::SIGINT);
+    server.ws.signal(Signal::SIGINT);
     let status = server.exit();
     assert_ne!(status.code(), Some(0), "the immediate exit: {status:?}");
     assert!(!alive(program), "program {program} outlived websockify");
@@ -1047,7 +1047,7 @@ async fn sigint_kills_a_program_that_ignores_sigterm_after_the_grace_period() {
     server.moved_port();
     let _cleanup = KillOnDrop::new(&[program]);
 
-    server.ws.signal(libc::SIGINT);
+    server.ws.signal(Signal::SIGINT);
     server.line("ignored SIGTERM: killing it");
     let status = server.exit();
     assert_eq!(
@@ -1131,8 +1131,9 @@ async fn wswrap_serves_a_program_that_daemonizes_until_its_last_process_exits() 
     assert_python_session(server.public_v4()).await;
 
     // When the last process of the program is gone, wswrap exits with the program's status.
-    // SAFETY: kill(2) on the server this test started (its pid was just read from /proc).
-    unsafe { libc::kill(tree[0], libc::SIGTERM) };
+    // The server this test started (its pid was just read from /proc).
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(tree[0]), Signal::SIGTERM)
+        .expect("SIGTERM to the server");
     server.line("every process it started have exited");
     let status = server.exit();
     assert_eq!(status.code(), Some(3), "wswrap: {status:?}");
@@ -1145,8 +1146,9 @@ async fn wswrap_passes_websockify_options_and_a_foreground_program_ends_it() {
     let program = server.started_pid();
     server.moved_port();
     assert_python_session(server.public_v4()).await;
-    // SAFETY: kill(2) on the program wswrap started for this test.
-    unsafe { libc::kill(program, libc::SIGKILL) };
+    // The program wswrap started for this test.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(program), Signal::SIGKILL)
+        .expect("SIGKILL to the program");
     let status = server.exit();
     // --wrap-mode=exit: the program's end (killed by a signal: 128 + 9) ends wswrap.
     assert_eq!(status.code(), Some(137), "wswrap: {status:?}");
@@ -1202,7 +1204,7 @@ async fn kill_9_of_websockify_takes_the_wrapped_program_down() {
         alive(program),
         "the wrapped program {program} is not running"
     );
-    server.ws.signal(libc::SIGKILL);
+    server.ws.signal(Signal::SIGKILL);
     let deadline = std::time::Instant::now() + STEP;
     while alive(program) {
         assert!(

@@ -356,7 +356,10 @@ mod tests {
         .await;
     }
 
-    #[tokio::test]
+    /// On the paused clock (the service runs in this runtime): the deadline passes in
+    /// virtual time, and the elapsed time measured is the virtual one. The deadline is the
+    /// earliest timer, so however the clock jumps the lookup can only end there.
+    #[tokio::test(start_paused = true)]
     async fn a_lookup_that_hangs_ends_at_the_deadline() {
         bounded(async {
             // The service never answers, and the API's own timeout is longer than the deadline.
