@@ -439,7 +439,7 @@ async fn idle_timeout_waits_while_a_session_is_open() {
 #[tokio::test]
 async fn listens_and_proxies_on_ipv6_loopback() {
     if !ipv6_loopback() {
-        eprintln!("skipped: no IPv6 loopback on this machine");
+        skip_or_fail("no IPv6 loopback on this machine");
         return;
     }
     let echo = echo_server().await;
@@ -457,7 +457,7 @@ async fn bare_port_listens_on_ipv4_and_ipv6() {
     let mut client = ws_connect(v4).await;
     assert_echoes(&mut client, b"IPv4 client").await;
     if !ipv6_loopback() {
-        eprintln!("IPv6 part skipped: no IPv6 loopback on this machine");
+        skip_or_fail("IPv6 part: no IPv6 loopback on this machine");
         return;
     }
     let v6 = SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port()));

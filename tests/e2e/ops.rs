@@ -1015,7 +1015,7 @@ async fn the_real_novnc_proxy_script_runs_our_binary() {
     let script = Path::new("/usr/share/novnc/utils/novnc_proxy");
     let web = Path::new("/usr/share/novnc");
     if !script.exists() || !web.join("vnc.html").exists() {
-        eprintln!("skipped: noVNC is not installed (apt package novnc)");
+        skip_or_fail("noVNC is not installed (apt package novnc)");
         return;
     }
     let dir = tempfile::tempdir().expect("tempdir");

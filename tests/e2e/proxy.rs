@@ -543,7 +543,7 @@ async fn proxies_to_a_unix_socket_target() {
 #[tokio::test]
 async fn serves_ipv6_clients_and_targets() {
     if !ipv6_loopback() {
-        eprintln!("skipped: no IPv6 loopback on this machine");
+        skip_or_fail("no IPv6 loopback on this machine");
         return;
     }
     let echo = echo_server_on("[::1]:0").await;

@@ -920,7 +920,7 @@ const NOVNC: &str = "/usr/share/novnc";
 async fn serves_the_real_novnc_files_with_their_types() {
     let dir = Path::new(NOVNC);
     if !dir.join("vnc.html").is_file() {
-        eprintln!("skipped: {NOVNC} not installed (apt-get install novnc)");
+        skip_or_fail(&format!("{NOVNC} not installed (apt-get install novnc)"));
         return;
     }
     let server = TestServer::start(web_config(echo_server().await, dir, false)).await;
@@ -1661,7 +1661,9 @@ impl Redis {
 fn redis_missing() -> bool {
     let missing = !Path::new(REDIS_SERVER).exists();
     if missing {
-        eprintln!("skipped: {REDIS_SERVER} not installed (apt-get install redis-server)");
+        skip_or_fail(&format!(
+            "{REDIS_SERVER} not installed (apt-get install redis-server)"
+        ));
     }
     missing
 }

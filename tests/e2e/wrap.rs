@@ -70,7 +70,7 @@ impl PyServer {
     /// `None` (after saying so) when python3 is not installed.
     fn new() -> Option<PyServer> {
         let Some(python) = find_program("python3") else {
-            eprintln!("skipped: python3 is not installed");
+            skip_or_fail("python3 is not installed");
             return None;
         };
         let dir = tempfile::tempdir().expect("tempdir");
@@ -500,7 +500,7 @@ async fn moves_a_server_binding_ipv4_any_to_loopback_and_proxies_to_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moves_a_server_binding_ipv6_any_to_loopback_and_proxies_to_it() {
     if !ipv6_loopback() {
-        eprintln!("skipped: no IPv6 loopback");
+        skip_or_fail("no IPv6 loopback");
         return;
     }
     moves_a_server_to_loopback("6").await;
@@ -615,12 +615,12 @@ async fn telnet_login_prompt(addr: SocketAddr) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn respawns_a_one_shot_telnet_server_for_each_client() {
     let (Some(socat), Some(telnetd)) = (find_program("socat"), find_program("telnetd")) else {
-        eprintln!("skipped: socat or telnetd is not installed");
+        skip_or_fail("socat or telnetd is not installed");
         return;
     };
     if !nix::unistd::geteuid().is_root() {
         // login(1) under telnetd prompts only when started as root.
-        eprintln!("skipped: telnetd needs root to reach the login prompt");
+        skip_or_fail("telnetd needs root to reach the login prompt");
         return;
     }
     let mut server = Wrapped::start(
@@ -680,7 +680,7 @@ fn free_display() -> Option<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn proxies_xtigervnc_in_ignore_mode_and_stops_it_on_sigterm() {
     let Some(xvnc) = find_program("Xtigervnc") else {
-        eprintln!("skipped: Xtigervnc is not installed");
+        skip_or_fail("Xtigervnc is not installed");
         return;
     };
     let display = free_display().expect("a free X display number");
