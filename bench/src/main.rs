@@ -4,7 +4,9 @@
 //!   case, round and peer, starts the peer, drives the scenario, stops the peer by PID, and
 //!   writes the results (see `run.rs`, `scenarios.rs`, `report.rs`);
 //! - `ws-bench serve` runs the echo / sink / source / never-read targets, TCP and WebSocket;
-//! - `ws-bench relay` is the plain TCP relay baseline (tokio copy).
+//! - `ws-bench relay` is the plain TCP relay baseline (tokio copy);
+//! - `ws-bench soak` and `ws-bench spike` check one websockify binary over time and after a
+//!   spike of connections (`scripts/soak`; see `soak.rs`).
 //!
 //! Everything listens on 127.0.0.1; every wait is bounded; every child is stopped by PID.
 
@@ -15,6 +17,7 @@ mod report;
 mod run;
 mod scenarios;
 mod serve;
+mod soak;
 mod ws;
 
 use std::net::SocketAddr;
@@ -88,6 +91,45 @@ enum Cmd {
     },
     /// Run the target servers; prints their ports, exits when stdin closes.
     Serve,
+    /// Soak one websockify: many connections exchanging random sizes both ways, SHA-256
+    /// checked, RSS sampled; exits 1 on a mismatch, a failed session, a panic in the log or
+    /// RSS drift of 5% or more after the warm-up (what scripts/soak runs).
+    Soak {
+        /// The websockify binary (started with --inetd on a listener bound here).
+        #[arg(long)]
+        websockify: PathBuf,
+        /// How long to run, in seconds.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Connections open at all times.
+        #[arg(long, default_value_t = 1000)]
+        conns: usize,
+        /// Largest message in bytes (sizes are uniform from 0 to this).
+        #[arg(long, default_value_t = 1 << 20)]
+        max_size: usize,
+        /// Seconds between two RSS samples.
+        #[arg(long, default_value_t = 2.0)]
+        sample: f64,
+        /// websockify's log (stdout and stderr), searched for panics at the end.
+        #[arg(long, default_value = "target/soak/websockify.log")]
+        log: PathBuf,
+        /// Largest RSS drift allowed, in percent.
+        #[arg(long, default_value_t = 5.0)]
+        max_drift: f64,
+    },
+    /// Open many idle connections through one websockify, close them, and report its RSS
+    /// before, with them open and after (exits 1 if more than 10 MiB stays).
+    Spike {
+        /// The websockify binary (started with --inetd on a listener bound here).
+        #[arg(long)]
+        websockify: PathBuf,
+        /// Connections to open.
+        #[arg(long, default_value_t = 9900)]
+        count: usize,
+        /// websockify's log (stdout and stderr).
+        #[arg(long, default_value = "target/soak/spike.log")]
+        log: PathBuf,
+    },
     /// Run the plain TCP relay baseline; exits when stdin closes.
     Relay {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -126,15 +168,60 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(real_main(cli)) {
-        peers::kill_all();
-        eprintln!("ws-bench: {e:#}");
-        std::process::exit(1);
+    let soak_like = matches!(cli.cmd, Cmd::Soak { .. } | Cmd::Spike { .. });
+    match rt.block_on(real_main(cli)) {
+        Ok(code) if soak_like => std::process::exit(code),
+        Ok(_) => {}
+        Err(e) => {
+            peers::kill_all();
+            eprintln!("ws-bench: {e:#}");
+            std::process::exit(1);
+        }
     }
 }
 
-async fn real_main(cli: Cli) -> Result<()> {
+async fn real_main(cli: Cli) -> Result<i32> {
     match cli.cmd {
+        Cmd::Soak {
+            websockify,
+            seconds,
+            conns,
+            max_size,
+            sample,
+            log,
+            max_drift,
+        } => {
+            soak::soak(soak::SoakOpts {
+                websockify,
+                seconds,
+                conns: conns.max(1),
+                max_size,
+                sample: std::time::Duration::from_secs_f64(sample.clamp(0.1, 60.0)),
+                log,
+                max_drift_pct: max_drift,
+            })
+            .await
+        }
+        Cmd::Spike {
+            websockify,
+            count,
+            log,
+        } => {
+            soak::spike(soak::SpikeOpts {
+                websockify,
+                count,
+                log,
+            })
+            .await
+        }
+        other => real_main_bench(other).await.map(|()| 0),
+    }
+}
+
+/// The benchmark commands (`run`, `serve`, `relay`).
+async fn real_main_bench(cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Soak { .. } | Cmd::Spike { .. } => bail!("soak and spike are run by real_main"),
         Cmd::Serve => serve::run().await,
         Cmd::Relay { listen, to, buf } => relay::run(listen, to, buf).await,
         Cmd::Run {

@@ -1,0 +1,630 @@
+//! `ws-bench soak` and `ws-bench spike`: long-running checks of one websockify binary.
+//!
+//! Both start their own TCP echo target (in this process) and websockify with `--inetd` on a
+//! listener bound here, so no port is ever guessed; websockify's stderr goes to a log file.
+//!
+//! - soak: `--conns` connections at all times, each sending messages of random sizes (0 to
+//!   `--max-size`) and reading them back, concurrently, checking every message by SHA-256;
+//!   a connection closes after a random number of messages and a new one takes its place.
+//!   websockify's RSS is sampled every `--sample` seconds. Fails on any mismatch, failed
+//!   connection, panic in the log, or RSS drift of 5% or more between the window after the
+//!   warm-up and the window at the end.
+//! - spike: opens `--count` idle connections, closes them all, and reports websockify's RSS
+//!   before, with them open, and once they are all gone (item 9 of issue 11).
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use sha2::{Digest as _, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::procfs;
+use crate::ws::{self, Decoder, Event, Rng};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Settings of `ws-bench soak`.
+pub struct SoakOpts {
+    pub websockify: PathBuf,
+    pub seconds: u64,
+    pub conns: usize,
+    pub max_size: usize,
+    pub sample: Duration,
+    pub log: PathBuf,
+    pub max_drift_pct: f64,
+}
+
+/// Settings of `ws-bench spike`.
+pub struct SpikeOpts {
+    pub websockify: PathBuf,
+    pub count: usize,
+    pub log: PathBuf,
+}
+
+/// The in-process TCP echo target; counts the connections it holds.
+struct Echo {
+    addr: SocketAddr,
+    open: Arc<AtomicUsize>,
+}
+
+async fn echo_target() -> Result<Echo> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot bind the echo target")?;
+    let addr = listener.local_addr()?;
+    let open = Arc::new(AtomicUsize::new(0));
+    let count = open.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            };
+            let count = count.clone();
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+                count.fetch_sub(1, Ordering::Relaxed);
+            });
+        }
+    });
+    Ok(Echo { addr, open })
+}
+
+/// websockify under test, killed when dropped.
+struct Proxy {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Proxy {
+    fn start(exe: &Path, target: SocketAddr, log: &Path) -> Result<Proxy> {
+        let listener =
+            StdListener::bind("127.0.0.1:0").context("cannot bind websockify's listener")?;
+        let addr = listener.local_addr()?;
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        let out = File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
+        let mut cmd = Command::new(exe);
+        cmd.args(["--inetd", &target.to_string()])
+            .stdin(Stdio::from(OwnedFd::from(listener)))
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .env_remove("RUST_LOG");
+        // WS_BENCH_RUST_LOG becomes websockify's RUST_LOG (e.g. to see what logging costs).
+        if let Ok(filter) = std::env::var("WS_BENCH_RUST_LOG") {
+            cmd.env("RUST_LOG", filter);
+        }
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", exe.display()))?;
+        Ok(Proxy { child, addr })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Open descriptors of `pid`.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Lines of the log that report a panic.
+fn panics_in(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("panicked"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Fills `buf` with pseudo-random bytes.
+fn fill(rng: &mut Rng, buf: &mut [u8]) {
+    let mut chunks = buf.chunks_exact_mut(8);
+    for c in &mut chunks {
+        c.copy_from_slice(&rng.next_u64().to_ne_bytes());
+    }
+    let rest = chunks.into_remainder();
+    let last = rng.next_u64().to_ne_bytes();
+    rest.copy_from_slice(&last[..rest.len()]);
+}
+
+/// Counters shared by every soak connection.
+#[derive(Default)]
+struct Stats {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    mismatches: AtomicU64,
+    errors: AtomicU64,
+    sessions: AtomicU64,
+}
+
+/// One soak connection: `messages` messages of random sizes, each read back and compared by
+/// SHA-256 while the next ones are sent; then a close handshake.
+async fn soak_session(
+    addr: SocketAddr,
+    seed: u64,
+    messages: u64,
+    max_size: usize,
+    stop: Instant,
+    stats: Arc<Stats>,
+) -> Result<()> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    stream.set_nodelay(true)?;
+    let mut rng = Rng::new(seed);
+    let initial = ws::client_handshake(&mut stream, &addr.to_string(), &mut rng).await?;
+    let (mut rd, mut wr) = stream.into_split();
+    // What the writer sent, in order: size and digest. Bounded: the writer runs at most a few
+    // messages ahead of the reader.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, [u8; 32])>(4);
+    let writer = async move {
+        let mut payload = Vec::new();
+        for _ in 0..messages {
+            if Instant::now() >= stop {
+                break;
+            }
+            let size = rng.below(max_size as u64 + 1) as usize;
+            payload.resize(size, 0);
+            fill(&mut rng, &mut payload);
+            let digest: [u8; 32] = Sha256::digest(&payload).into();
+            if tx.send((size, digest)).await.is_err() {
+                bail!("the reader stopped early");
+            }
+            // One message in one to four frames (the proxy forwards frames, not messages).
+            let frames = 1 + rng.below(4) as usize;
+            let step = size.div_ceil(frames).max(1);
+            let mut parts: Vec<&[u8]> = payload.chunks(step).collect();
+            if parts.is_empty() {
+                parts.push(&[]);
+            }
+            for part in parts {
+                let bytes = ws::frame(ws::OP_BINARY, part, Some(rng.mask_key()));
+                wr.write_all(&bytes).await.context("sending a frame")?;
+            }
+        }
+        Ok(wr)
+    };
+    let counters = stats.clone();
+    let reader = async move {
+        let stats = counters;
+        let mut dec = Decoder::new();
+        let mut rbuf = vec![0u8; 64 * 1024];
+        let mut pending: Vec<u8> = initial;
+        let mut decoded: Vec<u8> = Vec::new();
+        let mut closed: Option<u16> = None;
+        while let Some((size, digest)) = rx.recv().await {
+            let mut hasher = Sha256::new();
+            let mut left = size;
+            while left > 0 {
+                if decoded.is_empty() {
+                    let mut carry = std::mem::take(&mut pending);
+                    let chunk: &mut [u8] = if carry.is_empty() {
+                        let n = rd.read(&mut rbuf).await.context("reading the echo")?;
+                        if n == 0 {
+                            bail!(
+                                "websockify closed the connection with {left} of {size} bytes due"
+                            );
+                        }
+                        &mut rbuf[..n]
+                    } else {
+                        &mut carry[..]
+                    };
+                    dec.feed(chunk, &mut |ev| {
+                        match ev {
+                            Event::Payload {
+                                opcode: ws::OP_BINARY | ws::OP_CONT,
+                                data,
+                                mask,
+                                pos,
+                            } => {
+                                if let Some(key) = mask {
+                                    ws::apply_mask(data, key, pos);
+                                }
+                                decoded.extend_from_slice(data);
+                            }
+                            Event::End {
+                                opcode: ws::OP_CLOSE,
+                                ..
+                            } => {
+                                closed.get_or_insert(1005);
+                            }
+                            Event::Payload {
+                                opcode: ws::OP_CLOSE,
+                                data,
+                                ..
+                            } if data.len() >= 2 => {
+                                closed = Some(u16::from_be_bytes([data[0], data[1]]));
+                            }
+                            _ => {}
+                        }
+                        Ok(())
+                    })?;
+                    if decoded.is_empty()
+                        && let Some(code) = closed
+                    {
+                        bail!("websockify sent close {code} with {left} of {size} bytes due");
+                    }
+                }
+                let take = left.min(decoded.len());
+                hasher.update(&decoded[..take]);
+                decoded.drain(..take);
+                left -= take;
+            }
+            let got: [u8; 32] = hasher.finalize().into();
+            stats.messages.fetch_add(1, Ordering::Relaxed);
+            stats.bytes.fetch_add(size as u64, Ordering::Relaxed);
+            if got != digest {
+                stats.mismatches.fetch_add(1, Ordering::Relaxed);
+                eprintln!("soak: SHA-256 mismatch on a message of {size} bytes");
+            }
+        }
+        if !decoded.is_empty() {
+            stats.mismatches.fetch_add(1, Ordering::Relaxed);
+            eprintln!(
+                "soak: {} bytes came back that were never sent",
+                decoded.len()
+            );
+        }
+        Ok((rd, dec, rbuf))
+    };
+    let (wr, rd) = tokio::join!(writer, reader);
+    let (mut wr, (mut rd, mut dec, mut rbuf)) = (wr?, rd?);
+    // Close handshake: our close, then websockify's answer (or EOF), bounded.
+    wr.write_all(&ws::close_frame(1000, Some(Rng::new(seed ^ 1).mask_key())))
+        .await
+        .context("sending close")?;
+    let mut answered = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !answered {
+        let n = match tokio::time::timeout_at(deadline, rd.read(&mut rbuf)).await {
+            Ok(r) => r.context("reading the close answer")?,
+            Err(_) => bail!("no close answer within 10 s"),
+        };
+        if n == 0 {
+            break;
+        }
+        dec.feed(&mut rbuf[..n], &mut |ev| {
+            if let Event::End {
+                opcode: ws::OP_CLOSE,
+                ..
+            } = ev
+            {
+                answered = true;
+            }
+            Ok(())
+        })?;
+    }
+    let _ = wr.shutdown().await;
+    stats.sessions.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Runs the soak; returns the process exit status (0: passed).
+pub async fn soak(opts: SoakOpts) -> Result<i32> {
+    let nofile = procfs::raise_nofile();
+    if (nofile as usize) < opts.conns * 3 + 100 {
+        bail!(
+            "the open-file limit is {nofile}, too low for {} connections (each costs this \
+             process two descriptors and websockify two): raise it with ulimit -n",
+            opts.conns
+        );
+    }
+    let echo = echo_target().await?;
+    let proxy = Proxy::start(&opts.websockify, echo.addr, &opts.log)?;
+    let pid = proxy.pid();
+    let addr = proxy.addr;
+    let total = Duration::from_secs(opts.seconds.max(1));
+    let start = Instant::now();
+    let stop = start + total;
+    let stats = Arc::new(Stats::default());
+    eprintln!(
+        "soak: {} connections, messages of 0 to {} bytes, {} s, websockify pid {pid} ({}), log {}",
+        opts.conns,
+        opts.max_size,
+        total.as_secs(),
+        opts.websockify.display(),
+        opts.log.display()
+    );
+    // Each slot keeps one connection open until the end, one after another.
+    let mut slots = tokio::task::JoinSet::new();
+    for slot in 0..opts.conns {
+        let stats = stats.clone();
+        let max_size = opts.max_size;
+        slots.spawn(async move {
+            let mut rng = Rng::new(0x5eed_0000 + slot as u64);
+            // Spread the first handshakes over the first second.
+            tokio::time::sleep(Duration::from_micros(rng.below(1_000_000))).await;
+            while Instant::now() < stop {
+                let messages = 1 + rng.below(20);
+                let seed = rng.next_u64();
+                let run = soak_session(addr, seed, messages, max_size, stop, stats.clone());
+                // A session ends by itself soon after `stop`; the bound catches a hang.
+                let left = stop.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left + Duration::from_secs(60), run).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) => {
+                        if stats.errors.fetch_add(1, Ordering::Relaxed) < 10 {
+                            eprintln!("soak: a session failed: {err:#}");
+                        }
+                    }
+                    Err(_) => {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        eprintln!("soak: a session hung for 60 s after the end");
+                    }
+                }
+            }
+        });
+    }
+    // Sample RSS until every slot is done.
+    let mut samples: Vec<(f64, u64)> = Vec::new();
+    let mut tick = tokio::time::interval(opts.sample);
+    let mut last_print = Instant::now();
+    loop {
+        tokio::select! {
+            done = slots.join_next() => {
+                if done.is_none() {
+                    break;
+                }
+            }
+            _ = tick.tick() => {
+                let t = start.elapsed().as_secs_f64();
+                if t <= total.as_secs_f64() {
+                    samples.push((t, procfs::rss_one(pid)));
+                }
+                if last_print.elapsed() >= Duration::from_secs(30) {
+                    last_print = Instant::now();
+                    eprintln!(
+                        "soak: {:>5.0} s  rss {:>7.1} MiB  messages {}  {:.1} GiB  mismatches {}  errors {}",
+                        t,
+                        procfs::rss_one(pid) as f64 / MIB,
+                        stats.messages.load(Ordering::Relaxed),
+                        stats.bytes.load(Ordering::Relaxed) as f64 / 1024.0 / MIB,
+                        stats.mismatches.load(Ordering::Relaxed),
+                        stats.errors.load(Ordering::Relaxed),
+                    );
+                }
+            }
+        }
+    }
+    // Sessions all closed: websockify should let go of every target connection.
+    let drained = Instant::now();
+    while echo.open.load(Ordering::Relaxed) > 0 && drained.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left_open = echo.open.load(Ordering::Relaxed);
+    let rss_idle = procfs::rss_one(pid);
+    let fds_idle = fd_count(pid);
+    let alive = matches!(
+        Command::new("kill").args(["-0", &pid.to_string()]).status(),
+        Ok(s) if s.success()
+    );
+    drop(proxy);
+    let panics = panics_in(&opts.log);
+
+    // Warm-up: the first fifth (at least 10 s); compare the highest RSS of the window right
+    // after it with the highest of the last window of the same length.
+    let secs = total.as_secs_f64();
+    let warm = (secs / 5.0).max(10.0).min(secs / 2.0);
+    let window = (secs / 5.0).max(opts.sample.as_secs_f64() * 2.0);
+    let peak_in = |from: f64, to: f64| {
+        samples
+            .iter()
+            .filter(|(t, _)| *t >= from && *t <= to)
+            .map(|&(_, r)| r)
+            .max()
+            .unwrap_or(0)
+    };
+    let rss_warm = peak_in(warm, warm + window);
+    let rss_end = peak_in(secs - window, secs);
+    let rss_peak = samples.iter().map(|&(_, r)| r).max().unwrap_or(0);
+    let drift = if rss_warm > 0 {
+        (rss_end as f64 - rss_warm as f64) / rss_warm as f64 * 100.0
+    } else {
+        0.0
+    };
+    let mismatches = stats.mismatches.load(Ordering::Relaxed);
+    let errors = stats.errors.load(Ordering::Relaxed);
+    println!(
+        "soak: duration            {secs:.0} s, {} connections",
+        opts.conns
+    );
+    println!(
+        "soak: sessions            {} completed, {} failed",
+        stats.sessions.load(Ordering::Relaxed),
+        errors
+    );
+    println!(
+        "soak: messages            {} ({:.2} GiB each way)",
+        stats.messages.load(Ordering::Relaxed),
+        stats.bytes.load(Ordering::Relaxed) as f64 / 1024.0 / MIB
+    );
+    println!("soak: SHA-256 mismatches  {mismatches}");
+    println!("soak: panics in the log   {}", panics.len());
+    for p in panics.iter().take(5) {
+        println!("soak:   {p}");
+    }
+    println!(
+        "soak: RSS after warm-up   {:.1} MiB (highest in {warm:.0}-{:.0} s)",
+        rss_warm as f64 / MIB,
+        warm + window
+    );
+    println!(
+        "soak: RSS at the end      {:.1} MiB (highest in {:.0}-{secs:.0} s)",
+        rss_end as f64 / MIB,
+        secs - window
+    );
+    println!("soak: RSS drift           {drift:+.2}%");
+    println!("soak: RSS peak            {:.1} MiB", rss_peak as f64 / MIB);
+    println!(
+        "soak: all closed          RSS {:.1} MiB, {fds_idle} descriptors, {left_open} target connections left",
+        rss_idle as f64 / MIB
+    );
+    let mut failed = Vec::new();
+    if mismatches > 0 {
+        failed.push(format!("{mismatches} mismatches"));
+    }
+    if errors > 0 {
+        failed.push(format!("{errors} failed sessions"));
+    }
+    if !panics.is_empty() {
+        failed.push(format!("{} panics", panics.len()));
+    }
+    if drift >= opts.max_drift_pct {
+        failed.push(format!("RSS drift {drift:.2}% >= {}%", opts.max_drift_pct));
+    }
+    if !alive {
+        failed.push("websockify died".to_owned());
+    }
+    if left_open > 0 {
+        failed.push(format!("{left_open} target connections still open"));
+    }
+    if failed.is_empty() {
+        println!("soak: PASSED");
+        Ok(0)
+    } else {
+        println!("soak: FAILED: {}", failed.join(", "));
+        Ok(1)
+    }
+}
+
+/// Opens one connection, echoes 32 bytes, and returns it.
+async fn open_idle(addr: SocketAddr, seed: u64) -> Result<ws::Client> {
+    let mut c = ws::Client::connect(addr, seed, 512).await?;
+    c.echo(&[0x42; 32]).await?;
+    Ok(c)
+}
+
+/// Waits (bounded) until `pid`'s RSS stops falling; returns the last value.
+async fn settled_rss(pid: u32) -> u64 {
+    let mut last = procfs::rss_one(pid);
+    let mut still = 0;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = procfs::rss_one(pid);
+        if now >= last {
+            still += 1;
+            if still >= 5 {
+                return now;
+            }
+        } else {
+            still = 0;
+        }
+        last = now;
+    }
+    last
+}
+
+/// Runs the spike; prints RSS before, with the connections open, and after they close.
+pub async fn spike(opts: SpikeOpts) -> Result<i32> {
+    let nofile = procfs::raise_nofile();
+    if (nofile as usize) < opts.count * 2 + 100 {
+        bail!(
+            "the open-file limit is {nofile}, too low for {} connections",
+            opts.count
+        );
+    }
+    let echo = echo_target().await?;
+    let proxy = Proxy::start(&opts.websockify, echo.addr, &opts.log)?;
+    let pid = proxy.pid();
+    let addr = proxy.addr;
+    // Warm-up: one full connection, so one-time set-up is not counted.
+    open_idle(addr, 1)
+        .await?
+        .close(Duration::from_secs(5))
+        .await?;
+    let before = settled_rss(pid).await;
+    let fds_before = fd_count(pid);
+    let sem = Arc::new(tokio::sync::Semaphore::new(64));
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..opts.count {
+        let permit = sem.clone().acquire_owned().await?;
+        set.spawn(async move {
+            let r = tokio::time::timeout(Duration::from_secs(20), open_idle(addr, 100 + i as u64))
+                .await
+                .map_err(|_| anyhow::anyhow!("open timed out"))
+                .and_then(|r| r);
+            drop(permit);
+            r
+        });
+    }
+    let mut clients = Vec::new();
+    let mut failed = 0usize;
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(Ok(c)) => clients.push(c),
+            Ok(Err(err)) => {
+                if failed == 0 {
+                    eprintln!("spike: an open failed: {err:#}");
+                }
+                failed += 1;
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    let opened = clients.len();
+    let peak = settled_rss(pid).await;
+    // Close them all (close handshake each, 256 at a time).
+    let sem = Arc::new(tokio::sync::Semaphore::new(256));
+    let mut set = tokio::task::JoinSet::new();
+    for c in clients {
+        let permit = sem.clone().acquire_owned().await?;
+        set.spawn(async move {
+            let _ = c.close(Duration::from_secs(10)).await;
+            drop(permit);
+        });
+    }
+    while set.join_next().await.is_some() {}
+    let t0 = Instant::now();
+    while echo.open.load(Ordering::Relaxed) > 0 && t0.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = settled_rss(pid).await;
+    let fds_after = fd_count(pid);
+    if let Some(hold) = std::env::var("SPIKE_HOLD_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    {
+        eprintln!("spike: holding websockify (pid {pid}) for {hold} s to inspect");
+        tokio::time::sleep(Duration::from_secs(hold)).await;
+    }
+    drop(proxy);
+    println!(
+        "spike: {opened} connections opened ({failed} failed), websockify {}",
+        opts.websockify.display()
+    );
+    println!(
+        "spike: RSS before {:.1} MiB, open {:.1} MiB, after close {:.1} MiB (kept {:.1} MiB of {:.1} MiB grown)",
+        before as f64 / MIB,
+        peak as f64 / MIB,
+        after as f64 / MIB,
+        after.saturating_sub(before) as f64 / MIB,
+        peak.saturating_sub(before) as f64 / MIB
+    );
+    println!("spike: descriptors before {fds_before}, after {fds_after}");
+    Ok(i32::from(after.saturating_sub(before) > 10 << 20))
+}
