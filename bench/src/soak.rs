@@ -523,12 +523,12 @@ async fn open_idle(addr: SocketAddr, seed: u64) -> Result<ws::Client> {
 async fn settled_rss(pid: u32) -> u64 {
     let mut last = procfs::rss_one(pid);
     let mut still = 0;
-    for _ in 0..100 {
+    for _ in 0..300 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let now = procfs::rss_one(pid);
         if now >= last {
             still += 1;
-            if still >= 5 {
+            if still >= 30 {
                 return now;
             }
         } else {

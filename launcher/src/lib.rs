@@ -57,6 +57,7 @@ pub mod limits;
 pub mod listen;
 pub mod logging;
 pub mod manual;
+pub mod memory;
 pub mod metrics;
 pub mod privileges;
 pub mod process;

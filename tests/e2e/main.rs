@@ -7,6 +7,7 @@ mod fleet;
 mod hardening;
 mod hixie;
 mod jwe;
+mod memory;
 mod ops;
 mod privileges;
 mod proxy;
