@@ -13,7 +13,7 @@
 //!   before, with them open, and once they are all gone (item 9 of issue 11).
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -24,12 +24,81 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::procfs;
 use crate::ws::{self, Decoder, Event, Rng};
 
 const MIB: f64 = 1024.0 * 1024.0;
+
+/// How long sessions get to finish the message they are in once the time is up.
+const AFTER_STOP: Duration = Duration::from_secs(120);
+
+/// How long a session waits for websockify's answer to its close.
+const CLOSE_WAIT: Duration = Duration::from_secs(60);
+
+/// Opens connections and performs their handshakes on a thread of its own, so that a new
+/// connection sends its request at once even while the soak's runtime is busy hashing (else
+/// websockify's 3 s first-byte deadline could end it: a fault of the load generator, not of
+/// websockify).
+#[derive(Clone)]
+struct Connector {
+    requests: tokio::sync::mpsc::Sender<(SocketAddr, u64, Opened)>,
+}
+
+type Opened = tokio::sync::oneshot::Sender<Result<(std::net::TcpStream, Vec<u8>, Rng)>>;
+
+impl Connector {
+    fn start() -> Result<Connector> {
+        let (requests, mut rx) = tokio::sync::mpsc::channel::<(SocketAddr, u64, Opened)>(1024);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the connector's runtime")?;
+        std::thread::Builder::new()
+            .name("soak-connector".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    while let Some((addr, seed, reply)) = rx.recv().await {
+                        tokio::spawn(async move {
+                            let opened = async {
+                                let socket = small_buffers(tokio::net::TcpSocket::new_v4()?)?;
+                                let mut stream = socket
+                                    .connect(addr)
+                                    .await
+                                    .with_context(|| format!("connecting to {addr}"))?;
+                                stream.set_nodelay(true)?;
+                                let mut rng = Rng::new(seed);
+                                let initial =
+                                    ws::client_handshake(&mut stream, &addr.to_string(), &mut rng)
+                                        .await?;
+                                Ok((stream.into_std()?, initial, rng))
+                            };
+                            let _ = reply.send(opened.await);
+                        });
+                    }
+                });
+            })
+            .context("cannot start the connector thread")?;
+        Ok(Connector { requests })
+    }
+
+    /// A connection to `addr` past its handshake, in the caller's runtime.
+    async fn open(&self, addr: SocketAddr, seed: u64) -> Result<(TcpStream, Vec<u8>, Rng)> {
+        let (reply, opened) = tokio::sync::oneshot::channel();
+        self.requests
+            .send((addr, seed, reply))
+            .await
+            .map_err(|_| anyhow::anyhow!("the connector thread is gone"))?;
+        let (stream, initial, rng) = opened
+            .await
+            .map_err(|_| anyhow::anyhow!("the connector thread is gone"))??;
+        Ok((TcpStream::from_std(stream)?, initial, rng))
+    }
+}
+
+/// Bytes generated, hashed and written per step of a soak writer.
+const CHUNK: usize = 64 * 1024;
 
 /// Settings of `ws-bench soak`.
 pub struct SoakOpts {
@@ -56,9 +125,9 @@ struct Echo {
 }
 
 async fn echo_target() -> Result<Echo> {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .context("cannot bind the echo target")?;
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.1:0".parse()?)?;
+    let listener = socket.listen(4096).context("cannot bind the echo target")?;
     let addr = listener.local_addr()?;
     let open = Arc::new(AtomicUsize::new(0));
     let count = open.clone();
@@ -82,6 +151,18 @@ async fn echo_target() -> Result<Echo> {
     Ok(Echo { addr, open })
 }
 
+/// Socket buffers of the load generator's sockets (clients and echo target). Left to
+/// autotune, 2,000 loopback sockets moving 1 MiB messages queue gigabytes in the kernel, TCP
+/// memory pressure sets in, and segments are dropped and retransmitted with growing
+/// timeouts: sessions then stall for minutes with every process idle.
+const SOCKET_BUFFER: u32 = 256 * 1024;
+
+fn small_buffers(socket: tokio::net::TcpSocket) -> Result<tokio::net::TcpSocket> {
+    socket.set_recv_buffer_size(SOCKET_BUFFER)?;
+    socket.set_send_buffer_size(SOCKET_BUFFER)?;
+    Ok(socket)
+}
+
 /// websockify under test, killed when dropped.
 struct Proxy {
     child: Child,
@@ -90,8 +171,14 @@ struct Proxy {
 
 impl Proxy {
     fn start(exe: &Path, target: SocketAddr, log: &Path) -> Result<Proxy> {
-        let listener =
-            StdListener::bind("127.0.0.1:0").context("cannot bind websockify's listener")?;
+        // A backlog of 4,096: a thousand clients connect at once.
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind("127.0.0.1:0".parse()?)?;
+        let listener = socket
+            .listen(4096)
+            .context("cannot bind websockify's listener")?
+            .into_std()?;
+        listener.set_nonblocking(false)?;
         let addr = listener.local_addr()?;
         if let Some(dir) = log.parent() {
             std::fs::create_dir_all(dir)
@@ -165,6 +252,7 @@ struct Stats {
 /// One soak connection: `messages` messages of random sizes, each read back and compared by
 /// SHA-256 while the next ones are sent; then a close handshake.
 async fn soak_session(
+    connector: Connector,
     addr: SocketAddr,
     seed: u64,
     messages: u64,
@@ -172,40 +260,51 @@ async fn soak_session(
     stop: Instant,
     stats: Arc<Stats>,
 ) -> Result<()> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_nodelay(true)?;
-    let mut rng = Rng::new(seed);
-    let initial = ws::client_handshake(&mut stream, &addr.to_string(), &mut rng).await?;
+    let (stream, initial, mut rng) = connector.open(addr, seed).await?;
     let (mut rd, mut wr) = stream.into_split();
-    // What the writer sent, in order: size and digest. Bounded: the writer runs at most a few
-    // messages ahead of the reader.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(usize, [u8; 32])>(4);
+    // What the writer sends, in order: each message's size, then (once sent) its digest.
+    // Bounded: the writer runs at most a few messages ahead of the reader.
+    type Sent = (usize, tokio::sync::oneshot::Receiver<[u8; 32]>);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Sent>(4);
     let writer = async move {
-        let mut payload = Vec::new();
+        let mut chunk = vec![0u8; CHUNK];
         for _ in 0..messages {
             if Instant::now() >= stop {
                 break;
             }
             let size = rng.below(max_size as u64 + 1) as usize;
-            payload.resize(size, 0);
-            fill(&mut rng, &mut payload);
-            let digest: [u8; 32] = Sha256::digest(&payload).into();
-            if tx.send((size, digest)).await.is_err() {
+            let (digest_tx, digest_rx) = tokio::sync::oneshot::channel();
+            if tx.send((size, digest_rx)).await.is_err() {
                 bail!("the reader stopped early");
             }
-            // One message in one to four frames (the proxy forwards frames, not messages).
+            // One message in one to four frames (the proxy forwards frames, not messages),
+            // generated, hashed, masked and written 64 KiB at a time, so that no poll of
+            // this task holds a runtime thread for long (new connections must not wait).
             let frames = 1 + rng.below(4) as usize;
             let step = size.div_ceil(frames).max(1);
-            let mut parts: Vec<&[u8]> = payload.chunks(step).collect();
-            if parts.is_empty() {
-                parts.push(&[]);
+            let mut hasher = Sha256::new();
+            let mut left = size;
+            loop {
+                let len = left.min(step);
+                let key = rng.mask_key();
+                let mut hdr = [0u8; 14];
+                let n = ws::header(&mut hdr, true, ws::OP_BINARY, len as u64, Some(key));
+                wr.write_all(&hdr[..n]).await.context("sending a frame")?;
+                let mut pos = 0usize;
+                while pos < len {
+                    let part = &mut chunk[..(len - pos).min(CHUNK)];
+                    fill(&mut rng, part);
+                    hasher.update(&*part);
+                    ws::apply_mask(part, key, pos as u64);
+                    wr.write_all(part).await.context("sending a frame")?;
+                    pos += part.len();
+                }
+                left -= len;
+                if left == 0 {
+                    break;
+                }
             }
-            for part in parts {
-                let bytes = ws::frame(ws::OP_BINARY, part, Some(rng.mask_key()));
-                wr.write_all(&bytes).await.context("sending a frame")?;
-            }
+            let _ = digest_tx.send(hasher.finalize().into());
         }
         Ok(wr)
     };
@@ -276,6 +375,9 @@ async fn soak_session(
                 left -= take;
             }
             let got: [u8; 32] = hasher.finalize().into();
+            let Ok(digest) = digest.await else {
+                bail!("the writer stopped in the middle of a message");
+            };
             stats.messages.fetch_add(1, Ordering::Relaxed);
             stats.bytes.fetch_add(size as u64, Ordering::Relaxed);
             if got != digest {
@@ -299,11 +401,11 @@ async fn soak_session(
         .await
         .context("sending close")?;
     let mut answered = false;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
     while !answered {
         let n = match tokio::time::timeout_at(deadline, rd.read(&mut rbuf)).await {
             Ok(r) => r.context("reading the close answer")?,
-            Err(_) => bail!("no close answer within 10 s"),
+            Err(_) => bail!("no close answer within {CLOSE_WAIT:?}"),
         };
         if n == 0 {
             break;
@@ -351,9 +453,11 @@ pub async fn soak(opts: SoakOpts) -> Result<i32> {
         opts.log.display()
     );
     // Each slot keeps one connection open until the end, one after another.
+    let connector = Connector::start()?;
     let mut slots = tokio::task::JoinSet::new();
     for slot in 0..opts.conns {
         let stats = stats.clone();
+        let connector = connector.clone();
         let max_size = opts.max_size;
         slots.spawn(async move {
             let mut rng = Rng::new(0x5eed_0000 + slot as u64);
@@ -362,10 +466,18 @@ pub async fn soak(opts: SoakOpts) -> Result<i32> {
             while Instant::now() < stop {
                 let messages = 1 + rng.below(20);
                 let seed = rng.next_u64();
-                let run = soak_session(addr, seed, messages, max_size, stop, stats.clone());
+                let run = soak_session(
+                    connector.clone(),
+                    addr,
+                    seed,
+                    messages,
+                    max_size,
+                    stop,
+                    stats.clone(),
+                );
                 // A session ends by itself soon after `stop`; the bound catches a hang.
                 let left = stop.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left + Duration::from_secs(60), run).await {
+                match tokio::time::timeout(left + AFTER_STOP, run).await {
                     Ok(Ok(())) => {}
                     Ok(Err(err)) => {
                         if stats.errors.fetch_add(1, Ordering::Relaxed) < 10 {
@@ -374,7 +486,7 @@ pub async fn soak(opts: SoakOpts) -> Result<i32> {
                     }
                     Err(_) => {
                         stats.errors.fetch_add(1, Ordering::Relaxed);
-                        eprintln!("soak: a session hung for 60 s after the end");
+                        eprintln!("soak: a session still ran {AFTER_STOP:?} after the end");
                     }
                 }
             }
@@ -382,6 +494,9 @@ pub async fn soak(opts: SoakOpts) -> Result<i32> {
     }
     // Sample RSS until every slot is done.
     let mut samples: Vec<(f64, u64)> = Vec::new();
+    // The warm-up ends once as many messages came back as there are connections (on
+    // average one round per connection: every session has its buffers in play).
+    let mut warmed_at: Option<f64> = None;
     let mut tick = tokio::time::interval(opts.sample);
     let mut last_print = Instant::now();
     loop {
@@ -395,6 +510,11 @@ pub async fn soak(opts: SoakOpts) -> Result<i32> {
                 let t = start.elapsed().as_secs_f64();
                 if t <= total.as_secs_f64() {
                     samples.push((t, procfs::rss_one(pid)));
+                }
+                if warmed_at.is_none()
+                    && stats.messages.load(Ordering::Relaxed) >= opts.conns as u64
+                {
+                    warmed_at = Some(t);
                 }
                 if last_print.elapsed() >= Duration::from_secs(30) {
                     last_print = Instant::now();
@@ -426,11 +546,14 @@ pub async fn soak(opts: SoakOpts) -> Result<i32> {
     drop(proxy);
     let panics = panics_in(&opts.log);
 
-    // Warm-up: the first fifth (at least 10 s); compare the highest RSS of the window right
-    // after it with the highest of the last window of the same length.
+    // Warm-up: the first fifth of the run, or longer until one round per connection came
+    // back. Drift: the highest RSS of the window right after the warm-up against the
+    // highest of the last window (each a fifth of the run, or less if the warm-up was long).
     let secs = total.as_secs_f64();
-    let warm = (secs / 5.0).max(10.0).min(secs / 2.0);
-    let window = (secs / 5.0).max(opts.sample.as_secs_f64() * 2.0);
+    let sample_secs = opts.sample.as_secs_f64();
+    let warm = (secs / 5.0).max(warmed_at.unwrap_or(secs));
+    let window = (secs / 5.0).min((secs - warm) / 2.0);
+    let measured = window >= sample_secs * 2.0;
     let peak_in = |from: f64, to: f64| {
         samples
             .iter()
@@ -442,7 +565,7 @@ pub async fn soak(opts: SoakOpts) -> Result<i32> {
     let rss_warm = peak_in(warm, warm + window);
     let rss_end = peak_in(secs - window, secs);
     let rss_peak = samples.iter().map(|&(_, r)| r).max().unwrap_or(0);
-    let drift = if rss_warm > 0 {
+    let drift = if measured && rss_warm > 0 {
         (rss_end as f64 - rss_warm as f64) / rss_warm as f64 * 100.0
     } else {
         0.0
@@ -478,7 +601,13 @@ pub async fn soak(opts: SoakOpts) -> Result<i32> {
         rss_end as f64 / MIB,
         secs - window
     );
-    println!("soak: RSS drift           {drift:+.2}%");
+    if measured {
+        println!("soak: RSS drift           {drift:+.2}%");
+    } else {
+        println!(
+            "soak: RSS drift           not measured: the warm-up ({warm:.0} s) left too little of the run"
+        );
+    }
     println!("soak: RSS peak            {:.1} MiB", rss_peak as f64 / MIB);
     println!(
         "soak: all closed          RSS {:.1} MiB, {fds_idle} descriptors, {left_open} target connections left",
@@ -496,6 +625,11 @@ pub async fn soak(opts: SoakOpts) -> Result<i32> {
     }
     if drift >= opts.max_drift_pct {
         failed.push(format!("RSS drift {drift:.2}% >= {}%", opts.max_drift_pct));
+    }
+    if !measured {
+        failed.push(format!(
+            "warm-up took {warm:.0} of {secs:.0} s: run longer to measure drift"
+        ));
     }
     if !alive {
         failed.push("websockify died".to_owned());
