@@ -8,6 +8,7 @@ mod hardening;
 mod hixie;
 mod jwe;
 mod memory;
+mod netfault;
 mod ops;
 mod privileges;
 mod proxy;
