@@ -118,6 +118,12 @@ async fn serve(
         tokio::spawn(metrics::serve(metrics_listener, readiness, metrics_stop));
     }
     let tracker = TaskTracker::new();
+    let (to_spawner, accepted_rx) = tokio::sync::mpsc::channel(SPAWN_QUEUE);
+    let spawner = tokio::spawn(spawn_sessions(
+        accepted_rx,
+        tracker.clone(),
+        Arc::clone(&shared),
+    ));
     let stop_at = config.timeout.map(|t| Instant::now() + t);
     let mut idle_since = Instant::now();
     let mut idle_tick = tokio::time::interval(Duration::from_secs(1));
@@ -163,12 +169,10 @@ async fn serve(
                     next_id += 1;
                     let slot = shared.limits.admit();
                     let span = tracing::info_span!("conn", id = next_id, client = tracing::field::Empty);
-                    let shared = Arc::clone(&shared);
-                    // The session's task is spawned from a runtime thread, not from this
-                    // loop: see `spawn_session`.
-                    tracker.spawn(spawn_session(move || {
-                        crate::connection::handle(stream, peer, slot, shared).instrument(span)
-                    }));
+                    // Spawned by a runtime thread, not by this loop: see `spawn_sessions`.
+                    if to_spawner.send((stream, peer, slot, span)).await.is_err() {
+                        tracing::warn!("session spawner gone: connection dropped");
+                    }
                 }
                 Ok(None) => {
                     tracing::debug!("no more connections from {}", listener.describe());
@@ -183,6 +187,9 @@ async fn serve(
         }
     }
     drop(listener);
+    // Every accepted connection is spawned (and tracked) before the tracker closes.
+    drop(to_spawner);
+    let _ = spawner.await;
     tracker.close();
     if !shutdown.is_cancelled() {
         tokio::select! {
@@ -214,21 +221,34 @@ async fn serve(
     Ok(())
 }
 
-/// Runs `session` as a task of its own, allocated by a runtime worker thread.
+/// Accepted connections on their way to [`spawn_sessions`]; the accept loop waits when full.
+const SPAWN_QUEUE: usize = 64;
+
+/// An accepted connection, its place in the limits and its span.
+type Accepted = (
+    crate::stream::ClientStream,
+    crate::listen::Peer,
+    Result<crate::limits::Slot, crate::limits::Over>,
+    tracing::Span,
+);
+
+/// Spawns a session task for each accepted connection, from a runtime worker thread.
 ///
-/// Why the hop: the accept loop runs on the thread that called `block_on`, and glibc gives
-/// each thread its own heap (arena). Every session's span keeps a small block in that heap
-/// for as long as the process lives (tracing's registry pools span data), so a session task
-/// allocated there too would leave every page of a spike pinned by one small block: ~48 MiB
-/// stayed after 9,900 idle sessions closed. Allocated by a worker, the task's memory goes
-/// back in whole pages when it ends (README, "Memory after a spike").
-/// The closure builds the session future there, so this small task never holds it.
-async fn spawn_session<F, S>(session: F)
-where
-    F: FnOnce() -> S,
-    S: Future<Output = ()> + Send + 'static,
-{
-    let _ = tokio::spawn(session()).await;
+/// Why not from the accept loop: it runs on the thread that called `block_on`, and glibc
+/// gives each thread its own heap (arena). Every session's span keeps a small block in that
+/// heap for as long as the process lives (tracing's registry pools span data), so session
+/// tasks allocated there too would leave every page of a spike pinned by small blocks:
+/// ~48 MiB stayed after 9,900 idle sessions closed. Allocated by a worker, a session's
+/// memory goes back in whole pages when it ends (README, "Memory after a spike").
+async fn spawn_sessions(
+    mut accepted: tokio::sync::mpsc::Receiver<Accepted>,
+    tracker: TaskTracker,
+    shared: Arc<Shared>,
+) {
+    while let Some((stream, peer, slot, span)) = accepted.recv().await {
+        let session = crate::connection::handle(stream, peer, slot, Arc::clone(&shared));
+        tracker.spawn(session.instrument(span));
+    }
 }
 
 /// Aborts a background task when the server returns.
