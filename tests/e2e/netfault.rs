@@ -159,9 +159,9 @@ impl NetNs {
         };
         let port = TARGET_PORT.to_string();
         let mut child = Command::new("ip")
-            .args([
-                "netns", "exec", &self.name, &python, "-c", TARGET_PY, mode, &port,
-            ])
+            .args(["netns", "exec", &self.name])
+            .arg(&python)
+            .args(["-c", TARGET_PY, mode, &port])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
