@@ -46,17 +46,25 @@ pub enum Peer {
     Direct,
     /// tokio `copy_bidirectional` between the client and the bench's WebSocket target.
     Relay,
+    /// The same relay between a raw TCP client and the bench's raw TCP target: no WebSocket
+    /// anywhere, the floor of any copying proxy.
+    Bare,
     /// Our websockify (release build), WebSocket in, TCP out.
     Ours,
     /// Upstream Python websockify (with numpy), WebSocket in, TCP out.
     Upstream,
     /// `websocat --binary ws-l: tcp:`, WebSocket in, TCP out.
     Websocat,
+    /// Ours with `--metrics-listen` (a metrics endpoint counting every connection and byte).
+    OursMetrics,
+    /// Ours with `--proxy-protocol` (the client sends a PROXY v2 header first).
+    OursProxyProtocol,
 }
 
-pub const ALL: [Peer; 5] = [
+pub const ALL: [Peer; 6] = [
     Peer::Direct,
     Peer::Relay,
+    Peer::Bare,
     Peer::Ours,
     Peer::Upstream,
     Peer::Websocat,
@@ -67,22 +75,45 @@ impl Peer {
         match self {
             Peer::Direct => "direct",
             Peer::Relay => "relay",
+            Peer::Bare => "bare",
             Peer::Ours => "ours",
             Peer::Upstream => "upstream",
             Peer::Websocat => "websocat",
+            Peer::OursMetrics => "ours-metrics",
+            Peer::OursProxyProtocol => "ours-pp",
         }
     }
     pub fn title(self) -> &'static str {
         match self {
             Peer::Direct => "direct (no proxy)",
             Peer::Relay => "TCP relay (tokio copy)",
+            Peer::Bare => "bare TCP relay (raw TCP both ends)",
             Peer::Ours => "websockify (Rust, ours)",
             Peer::Upstream => "websockify (Python)",
             Peer::Websocat => "websocat",
+            Peer::OursMetrics => "ours + --metrics-listen",
+            Peer::OursProxyProtocol => "ours + --proxy-protocol",
         }
     }
     pub fn from_id(s: &str) -> Option<Peer> {
-        ALL.into_iter().find(|p| p.id() == s)
+        ALL.into_iter()
+            .chain([Peer::OursMetrics, Peer::OursProxyProtocol])
+            .find(|p| p.id() == s)
+    }
+    /// Whether the client speaks raw TCP (no WebSocket) through it.
+    pub fn raw(self) -> bool {
+        self == Peer::Bare
+    }
+    /// Whether the client sends a PROXY v2 header first.
+    pub fn proxy_v2(self) -> bool {
+        self == Peer::OursProxyProtocol
+    }
+    /// Our websockify, in any configuration.
+    pub fn is_ours(self) -> bool {
+        matches!(
+            self,
+            Peer::Ours | Peer::OursMetrics | Peer::OursProxyProtocol
+        )
     }
     /// Whether the client speaks to a WebSocket target through it (baselines) rather than
     /// to a WebSocket-to-TCP proxy.
@@ -267,6 +298,11 @@ fn free_port() -> Result<u16> {
 /// Starts `peer` in front of target `t`; returns once it accepts connections.
 pub fn start(cmds: &Commands, targets: &Targets, peer: Peer, t: Target) -> Result<Running> {
     let target = targets.addr(peer.ws_target(), t);
+    let metrics_port = if peer == Peer::OursMetrics {
+        free_port()?
+    } else {
+        0
+    };
     if peer == Peer::Direct {
         return Ok(Running {
             addr: target,
@@ -279,13 +315,13 @@ pub fn start(cmds: &Commands, targets: &Targets, peer: Peer, t: Target) -> Resul
     let listen = format!("127.0.0.1:{port}");
     let to = target.to_string();
     let mut cmd = match peer {
-        Peer::Relay => {
+        Peer::Relay | Peer::Bare => {
             let mut c = Command::new(&cmds.bench);
             c.args(["relay", "--listen", &listen, "--to", &to]);
             c.stdin(Stdio::piped());
             c
         }
-        Peer::Ours => {
+        Peer::Ours | Peer::OursMetrics | Peer::OursProxyProtocol => {
             let mut c = if let Some((first, rest)) = cmds.ours_prefix.split_first() {
                 let mut c = Command::new(first);
                 c.args(rest).arg(&cmds.ours);
@@ -293,6 +329,16 @@ pub fn start(cmds: &Commands, targets: &Targets, peer: Peer, t: Target) -> Resul
             } else {
                 Command::new(&cmds.ours)
             };
+            match peer {
+                Peer::OursMetrics => {
+                    c.arg("--metrics-listen")
+                        .arg(format!("127.0.0.1:{metrics_port}"));
+                }
+                Peer::OursProxyProtocol => {
+                    c.arg("--proxy-protocol");
+                }
+                _ => {}
+            }
             c.args([&listen, &to]);
             c.stdin(Stdio::null());
             c
@@ -370,7 +416,7 @@ pub fn start(cmds: &Commands, targets: &Targets, peer: Peer, t: Target) -> Resul
         addr,
         pid: Some(pid),
         child: Some(child),
-        grace: if peer == Peer::Ours && !cmds.ours_prefix.is_empty() {
+        grace: if peer.is_ours() && !cmds.ours_prefix.is_empty() {
             Duration::from_secs(120)
         } else {
             Duration::from_secs(3)

@@ -420,6 +420,114 @@ fn table(results: &[CaseResult], peers: &[Peer]) -> String {
     s
 }
 
+/// Ours against both floors: the WebSocket relay and the bare TCP relay, with the goals of
+/// issue 14 (ratios to the bare floor).
+fn floors_table(results: &[CaseResult]) -> String {
+    let rows: [(Case, &str, &str, &str); 8] = [
+        (Case::TpUp, "mib_s", "up, 64 KiB messages (MiB/s)", "≥ 1.00"),
+        (
+            Case::TpUp,
+            "mib_per_cpu_s",
+            "up, MiB per proxy CPU-second",
+            "≥ 1.00",
+        ),
+        (Case::TpDown, "mib_s", "down (MiB/s)", "≥ 1.20"),
+        (
+            Case::TpDown,
+            "mib_per_cpu_s",
+            "down, MiB per proxy CPU-second",
+            "–",
+        ),
+        (Case::ConnSeq, "conn_s", "connections/s, one at a time", "–"),
+        (
+            Case::Conn16,
+            "conn_s",
+            "connections/s, 16 at a time",
+            "≥ 1.00",
+        ),
+        (
+            Case::Rtt,
+            "p50_us",
+            "round trip p50, 64 B (µs, lower is better)",
+            "≤ 1.00",
+        ),
+        (
+            Case::Rtt,
+            "p99_us",
+            "round trip p99, 64 B (µs, lower is better)",
+            "≤ 1.00",
+        ),
+    ];
+    let mut s = String::from(
+        "| figure | bare TCP relay | TCP relay (WebSocket through) | ours | ours / relay | ours / bare | goal / bare |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut any = false;
+    for (c, key, label, goal) in rows {
+        let Some(cr) = results.iter().find(|r| r.case == c) else {
+            continue;
+        };
+        let v = |p: Peer| cr.median(p, key).map_or("–".into(), fmt_num);
+        let r = |base: Peer| {
+            cr.ratio_to(Peer::Ours, base, key)
+                .map_or("–".into(), |r| format!("{r:.2}"))
+        };
+        if cr.median(Peer::Bare, key).is_some() {
+            any = true;
+        }
+        let _ = writeln!(
+            s,
+            "| {label} | {} | {} | {} | {} | {} | {goal} |",
+            v(Peer::Bare),
+            v(Peer::Relay),
+            v(Peer::Ours),
+            r(Peer::Relay),
+            r(Peer::Bare)
+        );
+    }
+    if any { s } else { String::new() }
+}
+
+/// Our websockify with an option on, over the same without it.
+fn options_table(results: &[CaseResult]) -> String {
+    let mut s = String::from(
+        "| run | ours | + --metrics-listen | ratio | + --proxy-protocol (PROXY v2 header) | ratio |\n\
+         |---|---:|---:|---:|---:|---:|\n",
+    );
+    let mut any = false;
+    for (c, key, label) in [
+        (Case::TpUp, "mib_s", "up (MiB/s)"),
+        (Case::TpDown, "mib_s", "down (MiB/s)"),
+        (Case::Rtt, "p50_us", "round trip p50 (µs)"),
+        (Case::Conn16, "conn_s", "connections/s, 16 at a time"),
+    ] {
+        let Some(cr) = results.iter().find(|r| r.case == c) else {
+            continue;
+        };
+        if cr.median(Peer::OursMetrics, key).is_none()
+            && cr.median(Peer::OursProxyProtocol, key).is_none()
+        {
+            continue;
+        }
+        any = true;
+        let v = |p: Peer| cr.median(p, key).map_or("–".into(), fmt_num);
+        let r = |p: Peer| {
+            cr.ratio_to(p, Peer::Ours, key)
+                .map_or("–".into(), |r| format!("{r:.2}"))
+        };
+        let _ = writeln!(
+            s,
+            "| {label} | {} | {} | {} | {} | {} |",
+            v(Peer::Ours),
+            v(Peer::OursMetrics),
+            r(Peer::OursMetrics),
+            v(Peer::OursProxyProtocol),
+            r(Peer::OursProxyProtocol)
+        );
+    }
+    if any { s } else { String::new() }
+}
+
 fn cpu_table(results: &[CaseResult], peers: &[Peer]) -> String {
     let mut s = String::from("| run | process |");
     for p in peers {
@@ -595,6 +703,7 @@ pub fn write(
             let mut runs = serde_json::Map::new();
             let mut medians = serde_json::Map::new();
             let mut ratios = serde_json::Map::new();
+            let mut ratios_bare = serde_json::Map::new();
             for (p, rs) in &cr.runs {
                 runs.insert(
                     p.id().into(),
@@ -616,6 +725,7 @@ pub fn write(
                     rs.iter().flat_map(|r| r.metrics.values.keys()).collect();
                 let mut med = serde_json::Map::new();
                 let mut rat = serde_json::Map::new();
+                let mut rat_bare = serde_json::Map::new();
                 for k in keys {
                     if let Some(v) = cr.median(*p, k) {
                         med.insert(k.clone(), json!(v));
@@ -623,15 +733,20 @@ pub fn write(
                     if let Some(r) = cr.ratio(*p, k) {
                         rat.insert(k.clone(), json!(r));
                     }
+                    if let Some(r) = cr.ratio_to(*p, Peer::Bare, k) {
+                        rat_bare.insert(k.clone(), json!(r));
+                    }
                 }
                 medians.insert(p.id().into(), Value::Object(med));
                 ratios.insert(p.id().into(), Value::Object(rat));
+                ratios_bare.insert(p.id().into(), Value::Object(rat_bare));
             }
             json!({
                 "id": cr.case.id(),
                 "scenario": cr.case.scenario(),
                 "median": medians,
                 "ratio_to_relay": ratios,
+                "ratio_to_bare": ratios_bare,
                 "runs": runs,
             })
         })
@@ -689,6 +804,18 @@ pub fn write(
     let _ = writeln!(md, "{tbl}");
     if let Some(w) = noise_warning(results, &peers) {
         let _ = writeln!(md, "{w}\n");
+    }
+    let floors = floors_table(results);
+    if !floors.is_empty() {
+        let _ = writeln!(
+            md,
+            "## Ours against both floors (issue 14)\n\n{floors}\nRatios of medians; the bare relay's \
+             client and target speak raw TCP, so every cost of WebSocket is ours.\n"
+        );
+    }
+    let opts_tbl = options_table(results);
+    if !opts_tbl.is_empty() {
+        let _ = writeln!(md, "## Options on vs off\n\n{opts_tbl}");
     }
     let _ = writeln!(md, "## Bars\n\n{}", bars_md(results));
     let _ = writeln!(
@@ -760,6 +887,18 @@ fn write_docs(
     let _ = writeln!(d, "{tbl}");
     if let Some(w) = noise_warning(results, peers) {
         let _ = writeln!(d, "{w}\n");
+    }
+    let floors = floors_table(results);
+    if !floors.is_empty() {
+        let _ = writeln!(
+            d,
+            "### Ours against both floors\n\n{floors}\nRatios of medians; the bare relay's \
+             client and target speak raw TCP, so every cost of WebSocket is ours.\n"
+        );
+    }
+    let opts_tbl = options_table(results);
+    if !opts_tbl.is_empty() {
+        let _ = writeln!(d, "### Options on vs off\n\n{opts_tbl}");
     }
     let _ = writeln!(d, "### Bars\n\n{}", bars_md(results));
     let _ = writeln!(

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use crate::peers::{self, Commands, Peer, Target, Targets};
 use crate::report;
 use crate::scenarios::{self, ManyOpts, Metrics, Probe, PushOpts};
+use crate::ws;
 
 /// One measured case (a scenario and a direction or size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +62,15 @@ impl Case {
     /// The direct path has no proxy whose memory could be read: it is run where it gives a
     /// speed to compare with.
     fn applies(self, p: Peer) -> bool {
-        p != Peer::Direct || !matches!(self, Case::Many(_) | Case::StallUp | Case::StallDown)
+        match p {
+            Peer::Direct => !matches!(self, Case::Many(_) | Case::StallUp | Case::StallDown),
+            // The bare floor: speed only (its memory and bounds are the relay's).
+            Peer::Bare => matches!(
+                self,
+                Case::TpUp | Case::TpDown | Case::Rtt | Case::ConnSeq | Case::Conn16
+            ),
+            _ => true,
+        }
     }
 }
 
@@ -226,9 +235,14 @@ impl CaseResult {
     }
 
     pub fn ratio(&self, p: Peer, key: &str) -> Option<f64> {
-        let base = self.median(Peer::Relay, key)?;
+        self.ratio_to(p, Peer::Relay, key)
+    }
+
+    /// The median of `p` over the median of `base` (another peer of the same run).
+    pub fn ratio_to(&self, p: Peer, base: Peer, key: &str) -> Option<f64> {
+        let b = self.median(base, key)?;
         let v = self.median(p, key)?;
-        (base != 0.0).then(|| v / base)
+        (b != 0.0).then(|| v / b)
     }
 
     /// Errors and notes for a peer, deduplicated.
@@ -263,8 +277,13 @@ async fn run_case(
     plan: &Plan,
     running: &peers::Running,
     targets: &Targets,
+    peer: Peer,
 ) -> Result<Metrics> {
-    let addr = running.addr;
+    let addr = ws::Dial {
+        addr: running.addr,
+        raw: peer.raw(),
+        proxy_v2: peer.proxy_v2(),
+    };
     let probe = Probe {
         proxy: running.pid,
         serve: targets.pid,
@@ -464,7 +483,7 @@ pub async fn run(opts: Options) -> Result<()> {
                     Ok(mut running) => {
                         let r = tokio::time::timeout(
                             Duration::from_secs(300),
-                            run_case(case, plan, &running, &targets),
+                            run_case(case, plan, &running, &targets, peer),
                         )
                         .await
                         .unwrap_or_else(|_| {
@@ -536,7 +555,10 @@ pub fn parse_peers(s: &str) -> Result<Vec<Peer>> {
         .iter()
         .map(|p| {
             Peer::from_id(p).with_context(|| {
-                format!("unknown peer {p:?} (direct, relay, ours, upstream, websocat)")
+                format!(
+                    "unknown peer {p:?} (direct, relay, bare, ours, upstream, websocat, \
+                     ours-metrics, ours-pp)"
+                )
             })
         })
         .collect()

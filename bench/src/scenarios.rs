@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::procfs;
-use crate::ws::{self, Client, OP_BINARY};
+use crate::ws::{self, Client, Dial, OP_BINARY};
 
 pub const MIB: f64 = 1024.0 * 1024.0;
 const CHUNK: usize = 64 * 1024;
@@ -92,9 +92,14 @@ async fn bounded<T>(what: &str, limit: Duration, f: impl Future<Output = Result<
     }
 }
 
-/// `BATCH` masked 64 KiB binary frames, each with its own key, back to back.
-fn bulk_frames(rng: &mut ws::Rng) -> Vec<u8> {
+/// `BATCH` masked 64 KiB binary frames, each with its own key, back to back (in raw mode,
+/// `BATCH` times 64 KiB of zeros).
+fn bulk_frames(c: &mut Client) -> Vec<u8> {
     let zeros = vec![0u8; CHUNK];
+    if c.raw {
+        return vec![0u8; BATCH * CHUNK];
+    }
+    let rng = &mut c.rng;
     let mut out = Vec::with_capacity(BATCH * (CHUNK + 14));
     for _ in 0..BATCH {
         out.extend(ws::frame(OP_BINARY, &zeros, Some(rng.mask_key())));
@@ -111,7 +116,7 @@ fn op(code: u8, n: u64) -> Vec<u8> {
 /// Scenario 1, up: `bytes` (a multiple of 64 KiB) in 64 KiB frames to a sink, timed until
 /// the sink acknowledges the last byte.
 pub async fn throughput_up(
-    addr: SocketAddr,
+    dial: Dial,
     probe: Probe,
     bytes: u64,
     limit: Duration,
@@ -119,11 +124,11 @@ pub async fn throughput_up(
     let mut c = bounded(
         "connect",
         Duration::from_secs(10),
-        Client::connect(addr, seed(), 64 * 1024),
+        Client::connect(&dial, seed(), 64 * 1024),
     )
     .await?;
     c.send_binary(&op(b'U', bytes)).await?;
-    let batch = bulk_frames(&mut c.rng);
+    let batch = bulk_frames(&mut c);
     let per_frame = batch.len() / BATCH;
     let frames = bytes / CHUNK as u64;
     let a = probe.snap();
@@ -165,7 +170,7 @@ pub async fn throughput_up(
 /// Scenario 1, down: the source sends `bytes` in 64 KiB writes (or frames); timed from the
 /// request until the last payload byte arrives.
 pub async fn throughput_down(
-    addr: SocketAddr,
+    dial: Dial,
     probe: Probe,
     bytes: u64,
     limit: Duration,
@@ -173,7 +178,7 @@ pub async fn throughput_down(
     let mut c = bounded(
         "connect",
         Duration::from_secs(10),
-        Client::connect(addr, seed(), 256 * 1024),
+        Client::connect(&dial, seed(), 256 * 1024),
     )
     .await?;
     let a = probe.snap();
@@ -207,7 +212,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Scenario 2: 64-byte messages echoed one at a time; latency percentiles in microseconds.
 pub async fn round_trip(
-    addr: SocketAddr,
+    dial: Dial,
     probe: Probe,
     count: usize,
     limit: Duration,
@@ -215,7 +220,7 @@ pub async fn round_trip(
     let mut c = bounded(
         "connect",
         Duration::from_secs(10),
-        Client::connect(addr, seed(), 4096),
+        Client::connect(&dial, seed(), 4096),
     )
     .await?;
     let payload: Vec<u8> = (0..64u8).collect();
@@ -253,11 +258,12 @@ pub async fn round_trip(
     Ok(m)
 }
 
-/// One connection's life: open, handshake, one 64-byte echo, close handshake.
-async fn cycle(addr: SocketAddr) -> Result<()> {
+/// One connection's life: open, handshake, one 32-byte echo, close handshake (raw: open, one
+/// 32-byte echo, FIN and the other side's EOF).
+async fn cycle(dial: Dial) -> Result<()> {
     bounded("connection cycle", Duration::from_secs(5), async {
-        let mut c = Client::connect(addr, seed(), 1024).await?;
-        c.echo(&[0x5A; 64]).await?;
+        let mut c = Client::connect(&dial, seed(), 1024).await?;
+        c.echo(&[0x5A; 32]).await?;
         c.close(Duration::from_secs(2)).await
     })
     .await
@@ -266,7 +272,7 @@ async fn cycle(addr: SocketAddr) -> Result<()> {
 /// Scenario 3: complete cycles per second with `workers` at a time, for at most `max` cycles
 /// or `limit` of time.
 pub async fn conn_rate(
-    addr: SocketAddr,
+    dial: Dial,
     probe: Probe,
     workers: usize,
     max: u64,
@@ -288,7 +294,7 @@ pub async fn conn_rate(
         );
         set.spawn(async move {
             while Instant::now() < deadline && started.fetch_add(1, Ordering::Relaxed) < max {
-                match cycle(addr).await {
+                match cycle(dial).await {
                     Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
                         if let Ok(mut f) = first_err.lock()
@@ -340,12 +346,12 @@ pub struct ManyOpts {
 /// Scenario 4: `count` concurrent connections through the proxy, each echoing once on open,
 /// once at a random moment of an activity phase, and once in a final check. Memory is read
 /// when they are all open and idle after the activity phase.
-pub async fn many(addr: SocketAddr, pid: Option<u32>, opts: &ManyOpts) -> Result<Metrics> {
+pub async fn many(dial: Dial, pid: Option<u32>, opts: &ManyOpts) -> Result<Metrics> {
     let mut m = Metrics::default();
     let rss = || pid.map_or(0, procfs::rss_tree);
     let pss = || pid.map_or(0, procfs::pss_tree);
     // Warm-up: one complete connection, so one-time set-up is not charged to connections.
-    let _ = cycle(addr).await;
+    let _ = cycle(dial).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let base_rss = rss();
     let base_pss = pss();
@@ -399,7 +405,7 @@ pub async fn many(addr: SocketAddr, pid: Option<u32>, opts: &ManyOpts) -> Result
         spawned += 1;
         tokio::spawn(async move {
             let r = bounded("open and echo", Duration::from_secs(10), async {
-                let mut c = Client::connect(addr, seed(), 512).await?;
+                let mut c = Client::connect(&dial, seed(), 512).await?;
                 c.echo(&payload).await?;
                 Ok(c)
             })
@@ -536,7 +542,7 @@ pub struct PushOpts {
 
 /// Scenario 5, up: the target stops reading; the client pushes up to `bytes`.
 pub async fn stall_up(
-    addr: SocketAddr,
+    dial: Dial,
     pid: Option<u32>,
     tcp_ctl: SocketAddr,
     o: &PushOpts,
@@ -544,7 +550,7 @@ pub async fn stall_up(
     let mut c = bounded(
         "connect",
         Duration::from_secs(10),
-        Client::connect(addr, seed(), 4096),
+        Client::connect(&dial, seed(), 4096),
     )
     .await?;
     c.send_binary(b"H").await?;
@@ -552,7 +558,7 @@ pub async fn stall_up(
     let base = pid.map_or(0, procfs::rss_tree);
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = pid.map(|p| rss_sampler(p, stop.clone()));
-    let batch = bulk_frames(&mut c.rng);
+    let batch = bulk_frames(&mut c);
     let mut pushed = 0u64;
     let t0 = Instant::now();
     let mut stalled = false;
@@ -595,7 +601,7 @@ pub async fn stall_up(
 
 /// Scenario 5, down: the client stops reading; the target pushes up to `bytes`.
 pub async fn stall_down(
-    addr: SocketAddr,
+    dial: Dial,
     pid: Option<u32>,
     tcp_ctl: SocketAddr,
     o: &PushOpts,
@@ -603,7 +609,7 @@ pub async fn stall_down(
     let mut c = bounded(
         "connect",
         Duration::from_secs(10),
-        Client::connect(addr, seed(), 4096),
+        Client::connect(&dial, seed(), 4096),
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -652,7 +658,7 @@ pub async fn stall_down(
 /// Scenario 6: one frame declaring 2^40 bytes, then `bytes` of its payload streamed to a
 /// sink; timed until the sink acknowledges, or stopped when delivery stalls.
 pub async fn big_frame(
-    addr: SocketAddr,
+    dial: Dial,
     probe: Probe,
     tcp_ctl: SocketAddr,
     o: &PushOpts,
@@ -661,7 +667,7 @@ pub async fn big_frame(
     let mut c = bounded(
         "connect",
         Duration::from_secs(10),
-        Client::connect(addr, seed(), 4096),
+        Client::connect(&dial, seed(), 4096),
     )
     .await?;
     tokio::time::sleep(Duration::from_millis(100)).await;

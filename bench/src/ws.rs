@@ -354,9 +354,51 @@ pub async fn server_handshake(stream: &mut TcpStream) -> Result<Vec<u8>> {
     Ok(rest)
 }
 
-/// A connected WebSocket client with a streaming reader.
+/// How the load generator reaches a peer.
+#[derive(Clone, Copy, Debug)]
+pub struct Dial {
+    pub addr: std::net::SocketAddr,
+    /// Raw TCP: no handshake, no framing (the bare TCP relay in front of a raw TCP target).
+    pub raw: bool,
+    /// Send a PROXY protocol v2 header first (for a proxy run with `--proxy-protocol`).
+    pub proxy_v2: bool,
+}
+
+/// A PROXY protocol v2 header for a TCP/IPv4 connection from `src` to `dst`.
+pub fn proxy_v2_header(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    // Version 2, PROXY command; TCP over IPv4 (or IPv6).
+    h.push(0x21);
+    match (src, dst) {
+        (std::net::SocketAddr::V4(s), std::net::SocketAddr::V4(d)) => {
+            h.push(0x11);
+            h.extend_from_slice(&12u16.to_be_bytes());
+            h.extend_from_slice(&s.ip().octets());
+            h.extend_from_slice(&d.ip().octets());
+            h.extend_from_slice(&s.port().to_be_bytes());
+            h.extend_from_slice(&d.port().to_be_bytes());
+        }
+        _ => {
+            let v6 = |a: std::net::SocketAddr| match a.ip() {
+                std::net::IpAddr::V4(ip) => ip.to_ipv6_mapped(),
+                std::net::IpAddr::V6(ip) => ip,
+            };
+            h.push(0x21);
+            h.extend_from_slice(&36u16.to_be_bytes());
+            h.extend_from_slice(&v6(src).octets());
+            h.extend_from_slice(&v6(dst).octets());
+            h.extend_from_slice(&src.port().to_be_bytes());
+            h.extend_from_slice(&dst.port().to_be_bytes());
+        }
+    }
+    h
+}
+
+/// A connected WebSocket (or, in raw mode, plain TCP) client with a streaming reader.
 pub struct Client {
     pub stream: TcpStream,
+    /// Raw TCP: payload is the byte stream itself.
+    pub raw: bool,
     dec: Decoder,
     rbuf: Vec<u8>,
     /// Bytes that came with the handshake answer, not yet decoded.
@@ -369,16 +411,29 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects, sets TCP_NODELAY and performs the handshake.
-    pub async fn connect(addr: std::net::SocketAddr, seed: u64, rbuf: usize) -> Result<Client> {
+    /// Connects, sets TCP_NODELAY and performs the handshake (none in raw mode).
+    pub async fn connect(dial: &Dial, seed: u64, rbuf: usize) -> Result<Client> {
+        let addr = dial.addr;
         let mut stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         stream.set_nodelay(true)?;
+        if dial.proxy_v2 {
+            let h = proxy_v2_header(stream.local_addr()?, addr);
+            stream
+                .write_all(&h)
+                .await
+                .context("sending the PROXY v2 header")?;
+        }
         let mut rng = Rng::new(seed);
-        let initial = client_handshake(&mut stream, &addr.to_string(), &mut rng).await?;
+        let initial = if dial.raw {
+            Vec::new()
+        } else {
+            client_handshake(&mut stream, &addr.to_string(), &mut rng).await?
+        };
         Ok(Client {
             stream,
+            raw: dial.raw,
             dec: Decoder::new(),
             rbuf: vec![0; rbuf],
             initial,
@@ -388,8 +443,15 @@ impl Client {
         })
     }
 
-    /// Sends one masked binary frame.
+    /// Sends one masked binary frame (in raw mode, the payload bytes alone).
     pub async fn send_binary(&mut self, payload: &[u8]) -> Result<()> {
+        if self.raw {
+            return self
+                .stream
+                .write_all(payload)
+                .await
+                .context("sending bytes");
+        }
         let key = self.rng.mask_key();
         let bytes = frame(OP_BINARY, payload, Some(key));
         self.stream
@@ -425,6 +487,15 @@ impl Client {
             };
             if n == 0 {
                 bail!("server closed the connection after {got} of {want} payload bytes");
+            }
+            if self.raw {
+                let take = ((want - got) as usize).min(n);
+                if let Some(o) = out.as_deref_mut() {
+                    o.extend_from_slice(&self.rbuf[..take]);
+                }
+                got += take as u64;
+                self.extra.extend_from_slice(&self.rbuf[take..n]);
+                continue;
             }
             let closed = &mut self.closed;
             let extra = &mut self.extra;
@@ -490,6 +561,18 @@ impl Client {
 
     /// Close handshake: send close 1000, wait (bounded) for the server's close or EOF.
     pub async fn close(mut self, wait: Duration) -> Result<()> {
+        if self.raw {
+            // Half-close, then wait (bounded) for the other side's EOF.
+            self.stream.shutdown().await.context("sending FIN")?;
+            let deadline = tokio::time::Instant::now() + wait;
+            loop {
+                match tokio::time::timeout_at(deadline, self.stream.read(&mut self.rbuf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return Ok(()),
+                    Ok(Ok(_)) => {}
+                    Err(_) => bail!("no EOF within {wait:?}"),
+                }
+            }
+        }
         let key = self.rng.mask_key();
         self.stream
             .write_all(&close_frame(1000, Some(key)))
