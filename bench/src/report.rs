@@ -220,6 +220,42 @@ fn rows(cases: &[Case]) -> Vec<(Case, Row)> {
                     false,
                 );
             }
+            Case::RevUp => {
+                add(
+                    c,
+                    "ack_max_us",
+                    "7. up saturated: 24 B acks down, max delay",
+                    "µs",
+                    false,
+                    true,
+                );
+                add(
+                    c,
+                    "ack_p99_us",
+                    "7. up saturated: 24 B acks down, p99 delay",
+                    "µs",
+                    false,
+                    true,
+                );
+            }
+            Case::RevDown => {
+                add(
+                    c,
+                    "probe_p99_us",
+                    "7. down saturated: 8 B probes up, p99 delay",
+                    "µs",
+                    false,
+                    true,
+                );
+                add(
+                    c,
+                    "probe_max_us",
+                    "7. down saturated: 8 B probes up, max delay",
+                    "µs",
+                    false,
+                    true,
+                );
+            }
             Case::BigFrame => {
                 add(
                     c,
@@ -423,7 +459,7 @@ fn table(results: &[CaseResult], peers: &[Peer]) -> String {
 /// Ours against both floors: the WebSocket relay and the bare TCP relay, with the goals of
 /// issue 14 (ratios to the bare floor).
 fn floors_table(results: &[CaseResult]) -> String {
-    let rows: [(Case, &str, &str, &str); 8] = [
+    let rows: [(Case, &str, &str, &str); 10] = [
         (Case::TpUp, "mib_s", "up, 64 KiB messages (MiB/s)", "≥ 1.00"),
         (
             Case::TpUp,
@@ -456,6 +492,18 @@ fn floors_table(results: &[CaseResult]) -> String {
             "p99_us",
             "round trip p99, 64 B (µs, lower is better)",
             "≤ 1.00",
+        ),
+        (
+            Case::RevUp,
+            "ack_max_us",
+            "up saturated: 24 B ack max (µs, lower is better)",
+            "≤ 5 ms",
+        ),
+        (
+            Case::RevDown,
+            "probe_p99_us",
+            "down saturated: 8 B probe p99 (µs, lower is better)",
+            "≤ 5 ms",
         ),
     ];
     let mut s = String::from(

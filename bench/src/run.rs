@@ -26,6 +26,8 @@ pub enum Case {
     StallUp,
     StallDown,
     BigFrame,
+    RevUp,
+    RevDown,
 }
 
 impl Case {
@@ -40,6 +42,8 @@ impl Case {
             Case::StallUp => "stall-up".into(),
             Case::StallDown => "stall-down".into(),
             Case::BigFrame => "bigframe".into(),
+            Case::RevUp => "reverse-up".into(),
+            Case::RevDown => "reverse-down".into(),
         }
     }
     /// The scenario name `--only` selects.
@@ -51,6 +55,7 @@ impl Case {
             Case::Many(_) => "conns",
             Case::StallUp | Case::StallDown => "stall",
             Case::BigFrame => "bigframe",
+            Case::RevUp | Case::RevDown => "reverse",
         }
     }
     fn target(self) -> Target {
@@ -67,20 +72,27 @@ impl Case {
             // The bare floor: speed only (its memory and bounds are the relay's).
             Peer::Bare => matches!(
                 self,
-                Case::TpUp | Case::TpDown | Case::Rtt | Case::ConnSeq | Case::Conn16
+                Case::TpUp
+                    | Case::TpDown
+                    | Case::Rtt
+                    | Case::ConnSeq
+                    | Case::Conn16
+                    | Case::RevUp
+                    | Case::RevDown
             ),
             _ => true,
         }
     }
 }
 
-pub const SCENARIOS: [&str; 6] = [
+pub const SCENARIOS: [&str; 7] = [
     "throughput",
     "rtt",
     "connrate",
     "conns",
     "stall",
     "bigframe",
+    "reverse",
 ];
 
 /// Sizes and bounds of a run.
@@ -147,6 +159,12 @@ impl Plan {
         }
     }
 
+    /// Bytes per reverse-direction run: at least 1 GiB, so that about a second of probes
+    /// (one per millisecond) is collected even on a quick run.
+    pub fn rev_bytes(&self) -> u64 {
+        self.tp_bytes.max(1 << 30)
+    }
+
     pub fn cases(&self) -> Vec<Case> {
         let mut v = vec![
             Case::TpUp,
@@ -156,7 +174,13 @@ impl Plan {
             Case::Conn16,
         ];
         v.extend(self.many.iter().map(|&k| Case::Many(k)));
-        v.extend([Case::StallUp, Case::StallDown, Case::BigFrame]);
+        v.extend([
+            Case::StallUp,
+            Case::StallDown,
+            Case::BigFrame,
+            Case::RevUp,
+            Case::RevDown,
+        ]);
         v.retain(|c| {
             self.only.is_empty() || self.only.iter().any(|o| o == c.scenario() || *o == c.id())
         });
@@ -322,6 +346,8 @@ async fn run_case(
         Case::StallUp => scenarios::stall_up(addr, running.pid, targets.tcp_ctl, &push).await,
         Case::StallDown => scenarios::stall_down(addr, running.pid, targets.tcp_ctl, &push).await,
         Case::BigFrame => scenarios::big_frame(addr, probe, targets.tcp_ctl, &push).await,
+        Case::RevUp => scenarios::reverse_up(addr, probe, plan.rev_bytes(), tp_limit).await,
+        Case::RevDown => scenarios::reverse_down(addr, probe, plan.rev_bytes(), tp_limit).await,
     }
 }
 
@@ -394,6 +420,20 @@ fn summary(case: Case, m: &Metrics) -> String {
             g("mib_s"),
             g("delivered_mib"),
             g("rss_growth_mib")
+        ),
+        Case::RevUp => format!(
+            "{:.0} MiB/s up; 24 B acks down: max {:.0} us, p99 {:.0} us ({} acks)",
+            g("mib_s"),
+            g("ack_max_us"),
+            g("ack_p99_us"),
+            g("acks")
+        ),
+        Case::RevDown => format!(
+            "{:.0} MiB/s down; 8 B probes up: p99 {:.0} us, max {:.0} us ({} probes)",
+            g("mib_s"),
+            g("probe_p99_us"),
+            g("probe_max_us"),
+            g("probes")
         ),
     };
     if m.notes.is_empty() {

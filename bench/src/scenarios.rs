@@ -202,6 +202,172 @@ pub async fn throughput_down(
     Ok(m)
 }
 
+/// Scenario 7, up saturated: the client pushes `bytes` in 64 KiB frames to an `R` sink, which
+/// sends a 24-byte ack down after every MiB; each ack's delay is the time from the target's
+/// `write` to the client's read (one clock: CLOCK_MONOTONIC).
+pub async fn reverse_up(dial: Dial, probe: Probe, bytes: u64, limit: Duration) -> Result<Metrics> {
+    let mut c = bounded(
+        "connect",
+        Duration::from_secs(10),
+        Client::connect(&dial, seed(), 4096),
+    )
+    .await?;
+    c.send_binary(&op(b'R', bytes)).await?;
+    let batch = bulk_frames(&mut c);
+    let per_frame = batch.len() / BATCH;
+    let frames = bytes / CHUNK as u64;
+    let mut reader = c.payload_reader();
+    let a = probe.snap();
+    let delays = bounded("upload with acks", limit, async {
+        let (mut rd, mut wr) = c.stream.split();
+        let write = async {
+            let mut left = frames;
+            while left > 0 {
+                let k = left.min(BATCH as u64);
+                wr.write_all(&batch[..per_frame * k as usize])
+                    .await
+                    .context("writing to the proxy")?;
+                left -= k;
+            }
+            Ok::<(), anyhow::Error>(())
+        };
+        let read = async {
+            let mut carry: Vec<u8> = Vec::new();
+            let mut delays = Vec::new();
+            loop {
+                let open = reader
+                    .read(&mut rd, &mut |d| carry.extend_from_slice(d))
+                    .await?;
+                let now = crate::serve::mono_ns();
+                let whole = carry.len() / 24 * 24;
+                let mut done = false;
+                for u in carry[..whole].chunks_exact(24) {
+                    let stamp = u64::from_be_bytes(u[..8].try_into()?);
+                    let sunk = u64::from_be_bytes(u[8..16].try_into()?);
+                    delays.push(now.saturating_sub(stamp) as f64 / 1e3);
+                    done |= sunk >= bytes;
+                }
+                carry.drain(..whole);
+                if done {
+                    return Ok::<Vec<f64>, anyhow::Error>(delays);
+                }
+                if !open {
+                    bail!(
+                        "the proxy closed before the last ack ({} acks)",
+                        delays.len()
+                    );
+                }
+            }
+        };
+        let (w, r) = tokio::join!(write, read);
+        w?;
+        r
+    })
+    .await?;
+    let b = probe.snap();
+    let mut d = delays;
+    d.sort_by(f64::total_cmp);
+    let mut m = Metrics::default();
+    let secs = b.at.duration_since(a.at).as_secs_f64();
+    m.set("mib_s", bytes as f64 / MIB / secs);
+    m.set("ack_max_us", d.last().copied().unwrap_or(f64::NAN));
+    m.set("ack_p99_us", percentile(&d, 99.0));
+    m.set("ack_p50_us", percentile(&d, 50.0));
+    m.set("acks", d.len() as f64);
+    probe.record(&a, &b, &mut m);
+    Ok(m)
+}
+
+/// Scenario 7, down saturated: a `P` source sends `bytes` down while the client sends an
+/// 8-byte probe up every millisecond; the target measures each probe's delay from the
+/// client's `write` to its read and answers the percentiles at the end.
+pub async fn reverse_down(
+    dial: Dial,
+    probe: Probe,
+    bytes: u64,
+    limit: Duration,
+) -> Result<Metrics> {
+    let mut c = bounded(
+        "connect",
+        Duration::from_secs(10),
+        Client::connect(&dial, seed(), 4096),
+    )
+    .await?;
+    c.send_binary(&op(b'P', bytes)).await?;
+    let mut reader = c.payload_reader();
+    let raw = c.raw;
+    let mut rng = c.rng.clone();
+    let done = AtomicBool::new(false);
+    let a = probe.snap();
+    let (stats, b) = bounded("download with probes", limit, async {
+        let (mut rd, mut wr) = c.stream.split();
+        let write = async {
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sent = 0u64;
+            let send = |stamp: u64, rng: &mut ws::Rng| {
+                if raw {
+                    stamp.to_be_bytes().to_vec()
+                } else {
+                    ws::frame(OP_BINARY, &stamp.to_be_bytes(), Some(rng.mask_key()))
+                }
+            };
+            while !done.load(Ordering::Relaxed) {
+                tick.tick().await;
+                if done.load(Ordering::Relaxed) {
+                    break;
+                }
+                let p = send(crate::serve::mono_ns().max(1), &mut rng);
+                wr.write_all(&p).await.context("sending a probe")?;
+                sent += 1;
+            }
+            wr.write_all(&send(0, &mut rng))
+                .await
+                .context("sending the last probe")?;
+            Ok::<u64, anyhow::Error>(sent)
+        };
+        let read = async {
+            let mut got = 0u64;
+            let mut stats: Vec<u8> = Vec::new();
+            let mut b = None;
+            while stats.len() < 32 {
+                let open = reader
+                    .read(&mut rd, &mut |d| {
+                        let take = ((bytes - got) as usize).min(d.len());
+                        got += take as u64;
+                        stats.extend_from_slice(&d[take..]);
+                    })
+                    .await?;
+                if got >= bytes && b.is_none() {
+                    b = Some(probe.snap());
+                    done.store(true, Ordering::Relaxed);
+                }
+                if !open && stats.len() < 32 {
+                    bail!("the proxy closed after {got} of {bytes} bytes");
+                }
+            }
+            Ok::<(Vec<u8>, Option<CpuSnap>), anyhow::Error>((stats, b))
+        };
+        let (w, r) = tokio::join!(write, read);
+        w?;
+        r
+    })
+    .await?;
+    let b = b.context("no end of download")?;
+    let word = |i: usize| -> Result<f64> {
+        Ok(u64::from_be_bytes(stats[i * 8..i * 8 + 8].try_into()?) as f64)
+    };
+    let mut m = Metrics::default();
+    let secs = b.at.duration_since(a.at).as_secs_f64();
+    m.set("mib_s", bytes as f64 / MIB / secs);
+    m.set("probes", word(0)?);
+    m.set("probe_p50_us", word(1)? / 1e3);
+    m.set("probe_p99_us", word(2)? / 1e3);
+    m.set("probe_max_us", word(3)? / 1e3);
+    probe.record(&a, &b, &mut m);
+    Ok(m)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;

@@ -12,6 +12,13 @@
 //! - `H`: never read again (held until a release, so a proxy writing to it stalls);
 //! - `S`: answer 16 bytes, total bytes sunk and sourced by this process (for stall detection);
 //! - `X`: release every held connection, answer `A`.
+//! - `R` + u64 n: sink n bytes like `U`, answering a 24-byte ack (u64 CLOCK_MONOTONIC ns when
+//!   sent, u64 bytes sunk so far, u64 sequence number) after every MiB and at the end: the small
+//!   messages going down while up is saturated (scenario 7, `reverse-up`);
+//! - `P` + u64 n: source n bytes like `D` while reading 8-byte probes (u64 CLOCK_MONOTONIC ns
+//!   when sent) and recording each probe's one-way delay; a probe of 0 ends it, answered (after
+//!   the n bytes) with 32 bytes: probes, p50, p99 and max delay in ns (scenario 7,
+//!   `reverse-down`). Client, proxy and target share the machine's monotonic clock.
 //!
 //! The process exits when its stdin closes, so it never outlives the harness.
 
@@ -92,9 +99,83 @@ async fn tcp_echo_conn(mut s: TcpStream) -> Result<()> {
     }
 }
 
+/// CLOCK_MONOTONIC in nanoseconds: comparable between processes of one machine.
+pub fn mono_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which we own.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Bytes between two acks of an `R` sink.
+const ACK_EVERY: u64 = 1 << 20;
+
+/// The 24-byte ack of an `R` sink.
+fn ack24(sunk: u64, seq: u64) -> [u8; 24] {
+    let mut out = [0u8; 24];
+    out[..8].copy_from_slice(&mono_ns().to_be_bytes());
+    out[8..16].copy_from_slice(&sunk.to_be_bytes());
+    out[16..].copy_from_slice(&seq.to_be_bytes());
+    out
+}
+
+/// One-way delays of 8-byte probes (the `P` operation).
+#[derive(Default)]
+struct Probes {
+    carry: Vec<u8>,
+    delays: Vec<u64>,
+    done: bool,
+}
+
+impl Probes {
+    fn feed(&mut self, data: &[u8]) {
+        self.carry.extend_from_slice(data);
+        let now = mono_ns();
+        let whole = self.carry.len() / 8 * 8;
+        for c in self.carry[..whole].chunks_exact(8) {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            let stamp = u64::from_be_bytes(b);
+            if stamp == 0 {
+                self.done = true;
+            } else if !self.done {
+                self.delays.push(now.saturating_sub(stamp));
+            }
+        }
+        self.carry.drain(..whole);
+    }
+
+    fn stats(&mut self) -> [u8; 32] {
+        self.delays.sort_unstable();
+        let n = self.delays.len();
+        let pct = |p: f64| {
+            if n == 0 {
+                0
+            } else {
+                self.delays[(((n - 1) as f64) * p).round() as usize]
+            }
+        };
+        let mut out = [0u8; 32];
+        out[..8].copy_from_slice(&(n as u64).to_be_bytes());
+        out[8..16].copy_from_slice(&pct(0.5).to_be_bytes());
+        out[16..24].copy_from_slice(&pct(0.99).to_be_bytes());
+        out[24..].copy_from_slice(&pct(1.0).to_be_bytes());
+        out
+    }
+}
+
 /// What the control parser asks the connection to do.
 enum Action {
     Ack,
+    /// A 24-byte ack of an `R` sink.
+    Ack24(u64, u64),
+    /// Source n bytes while reading probes.
+    Probe(u64),
     Source(u64),
     Hold,
     Stats,
@@ -110,15 +191,37 @@ struct Ctl {
     /// Bytes still to sink before acknowledging.
     sink: u64,
     held: bool,
+    /// The sink is an `R` sink: 24-byte acks every MiB.
+    reverse: bool,
+    /// Bytes sunk by the current `R` sink, and acks sent.
+    sunk: u64,
+    acks: u64,
+    /// After `P`: the bytes that follow are probes, kept here for the probe reader.
+    probing: bool,
+    leftover: Vec<u8>,
 }
 
 impl Ctl {
-    /// Consumes sink bytes at the front of a chunk without looking at them.
-    fn sink_take(&mut self, n: usize) -> usize {
+    /// Consumes sink bytes at the front of a chunk without looking at them; pushes the acks
+    /// due.
+    fn sink_take(&mut self, n: usize, actions: &mut Vec<Action>) -> usize {
         let take = self.sink.min(n as u64) as usize;
         if take > 0 {
             self.sink -= take as u64;
             SUNK.fetch_add(take as u64, Ordering::Relaxed);
+            if self.reverse {
+                let before = self.sunk / ACK_EVERY;
+                self.sunk += take as u64;
+                if self.sunk / ACK_EVERY != before || self.sink == 0 {
+                    self.acks += 1;
+                    actions.push(Action::Ack24(self.sunk, self.acks));
+                }
+                if self.sink == 0 {
+                    self.reverse = false;
+                }
+            } else if self.sink == 0 {
+                actions.push(Action::Ack);
+            }
         }
         take
     }
@@ -128,13 +231,14 @@ impl Ctl {
     }
 
     fn feed(&mut self, mut data: &[u8], actions: &mut Vec<Action>) {
+        if self.probing {
+            self.leftover.extend_from_slice(data);
+            return;
+        }
         while !data.is_empty() && !self.held {
             if self.sink > 0 {
-                let t = self.sink_take(data.len());
+                let t = self.sink_take(data.len(), actions);
                 data = &data[t..];
-                if self.sink == 0 {
-                    actions.push(Action::Ack);
-                }
                 continue;
             }
             match self.op {
@@ -142,7 +246,7 @@ impl Ctl {
                     let op = data[0];
                     data = &data[1..];
                     match op {
-                        b'U' | b'D' => {
+                        b'U' | b'D' | b'R' | b'P' => {
                             self.op = Some(op);
                             self.have = 0;
                         }
@@ -163,11 +267,23 @@ impl Ctl {
                     if self.have == 8 {
                         let n = u64::from_be_bytes(self.len);
                         self.op = None;
-                        if op == b'U' {
+                        if op == b'U' || op == b'R' {
                             if n == 0 {
-                                actions.push(Action::Ack);
+                                actions.push(if op == b'U' {
+                                    Action::Ack
+                                } else {
+                                    Action::Ack24(0, 0)
+                                });
                             }
                             self.sink = n;
+                            self.reverse = op == b'R' && n > 0;
+                            self.sunk = 0;
+                            self.acks = 0;
+                        } else if op == b'P' {
+                            self.probing = true;
+                            self.leftover.extend_from_slice(data);
+                            actions.push(Action::Probe(n));
+                            return;
                         } else {
                             actions.push(Action::Source(n));
                         }
@@ -216,6 +332,32 @@ async fn tcp_ctl_conn(
         for a in actions.drain(..) {
             match a {
                 Action::Ack => s.write_all(b"A").await?,
+                Action::Ack24(sunk, seq) => s.write_all(&ack24(sunk, seq)).await?,
+                Action::Probe(n) => {
+                    let mut probes = Probes::default();
+                    probes.feed(&std::mem::take(&mut ctl.leftover));
+                    let (mut rd, mut wr) = s.split();
+                    let read = async {
+                        let mut b = [0u8; 4096];
+                        while !probes.done {
+                            let k = rd.read(&mut b).await?;
+                            if k == 0 {
+                                anyhow::bail!("EOF while reading probes");
+                            }
+                            probes.feed(&b[..k]);
+                        }
+                        Ok(())
+                    };
+                    let write = async {
+                        source_raw(&mut wr, &zeros, n).await?;
+                        Ok::<(), anyhow::Error>(())
+                    };
+                    let (r, w) = tokio::join!(read, write);
+                    r?;
+                    w?;
+                    s.write_all(&probes.stats()).await?;
+                    return Ok(());
+                }
                 Action::Source(mut n) => {
                     while n > 0 {
                         let k = (n as usize).min(CHUNK);
@@ -236,6 +378,16 @@ async fn tcp_ctl_conn(
             }
         }
     }
+}
+
+async fn source_raw<W: AsyncWriteExt + Unpin>(w: &mut W, zeros: &[u8], mut n: u64) -> Result<()> {
+    while n > 0 {
+        let k = (n as usize).min(CHUNK);
+        w.write_all(&zeros[..k]).await?;
+        SOURCED.fetch_add(k as u64, Ordering::Relaxed);
+        n -= k as u64;
+    }
+    Ok(())
 }
 
 async fn ws_echo_conn(mut s: TcpStream) -> Result<()> {
@@ -351,13 +503,10 @@ async fn ws_ctl_conn(
                 } => {
                     // Sunk payload is counted, not unmasked: only control bytes are read.
                     let t = if ctl.sinking() {
-                        ctl.sink_take(data.len())
+                        ctl.sink_take(data.len(), &mut actions)
                     } else {
                         0
                     };
-                    if t > 0 && !ctl.sinking() {
-                        actions.push(Action::Ack);
-                    }
                     let rest = &mut data[t..];
                     if !rest.is_empty() {
                         if let Some(k) = mask {
@@ -377,6 +526,60 @@ async fn ws_ctl_conn(
         for a in actions.drain(..) {
             match a {
                 Action::Ack => s.write_all(&ws::frame(ws::OP_BINARY, b"A", None)).await?,
+                Action::Ack24(sunk, seq) => {
+                    s.write_all(&ws::frame(ws::OP_BINARY, &ack24(sunk, seq), None))
+                        .await?
+                }
+                Action::Probe(mut n) => {
+                    let mut probes = Probes::default();
+                    probes.feed(&std::mem::take(&mut ctl.leftover));
+                    let (mut rd, mut wr) = s.split();
+                    let read = async {
+                        while !probes.done {
+                            let k = rd.read(&mut buf).await?;
+                            if k == 0 {
+                                anyhow::bail!("EOF while reading probes");
+                            }
+                            dec.feed(&mut buf[..k], &mut |ev| {
+                                if let Event::Payload {
+                                    opcode: 0..=2,
+                                    data,
+                                    mask,
+                                    pos,
+                                } = ev
+                                {
+                                    if let Some(key) = mask {
+                                        ws::apply_mask(data, key, pos);
+                                    }
+                                    probes.feed(data);
+                                }
+                                Ok(())
+                            })?;
+                        }
+                        Ok(())
+                    };
+                    let write = async {
+                        while n > 0 {
+                            let k = (n as usize).min(CHUNK);
+                            if k == CHUNK {
+                                wr.write_all(&big).await?;
+                            } else {
+                                wr.write_all(&ws::frame(ws::OP_BINARY, &big[h..h + k], None))
+                                    .await?;
+                            }
+                            SOURCED.fetch_add(k as u64, Ordering::Relaxed);
+                            n -= k as u64;
+                        }
+                        Ok::<(), anyhow::Error>(())
+                    };
+                    let (r, w) = tokio::join!(read, write);
+                    r?;
+                    w?;
+                    s.write_all(&ws::frame(ws::OP_BINARY, &probes.stats(), None))
+                        .await?;
+                    let _ = s.shutdown().await;
+                    return Ok(());
+                }
                 Action::Source(mut n) => {
                     while n > 0 {
                         let k = (n as usize).min(CHUNK);

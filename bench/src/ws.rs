@@ -410,7 +410,77 @@ pub struct Client {
     pub closed: Option<u16>,
 }
 
+/// Reads payload from the read half of a client's stream while its write half is busy
+/// elsewhere (the reverse-direction scenario).
+pub struct PayloadReader {
+    dec: Decoder,
+    raw: bool,
+    buf: Vec<u8>,
+    initial: Vec<u8>,
+}
+
+impl PayloadReader {
+    /// One read: calls `f` with each chunk of data-frame payload (raw: the bytes). Returns
+    /// false at EOF or on a close frame.
+    pub async fn read<R: tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        rd: &mut R,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<bool> {
+        let n = if !self.initial.is_empty() {
+            let n = self.initial.len().min(self.buf.len());
+            self.buf[..n].copy_from_slice(&self.initial[..n]);
+            self.initial.drain(..n);
+            n
+        } else {
+            rd.read(&mut self.buf)
+                .await
+                .context("reading from the server")?
+        };
+        if n == 0 {
+            return Ok(false);
+        }
+        if self.raw {
+            f(&self.buf[..n]);
+            return Ok(true);
+        }
+        let mut open = true;
+        self.dec.feed(&mut self.buf[..n], &mut |ev| {
+            match ev {
+                Event::Payload {
+                    opcode: OP_BINARY | OP_TEXT | OP_CONT,
+                    data,
+                    mask,
+                    pos,
+                } => {
+                    if let Some(key) = mask {
+                        apply_mask(data, key, pos);
+                    }
+                    f(data);
+                }
+                Event::End {
+                    opcode: OP_CLOSE, ..
+                } => open = false,
+                _ => {}
+            }
+            Ok(())
+        })?;
+        Ok(open)
+    }
+}
+
 impl Client {
+    /// Hands the decoder state to a `PayloadReader` (the client's own `recv` is not used
+    /// afterwards).
+    pub fn payload_reader(&mut self) -> PayloadReader {
+        PayloadReader {
+            dec: std::mem::take(&mut self.dec),
+            raw: self.raw,
+            buf: vec![0; 64 * 1024],
+            initial: std::mem::take(&mut self.initial),
+        }
+    }
+
     /// Connects, sets TCP_NODELAY and performs the handshake (none in raw mode).
     pub async fn connect(dial: &Dial, seed: u64, rbuf: usize) -> Result<Client> {
         let addr = dial.addr;
