@@ -18,6 +18,7 @@ mod run;
 mod scenarios;
 mod serve;
 mod soak;
+mod tls;
 mod ws;
 
 use std::net::SocketAddr;
@@ -45,11 +46,12 @@ enum Cmd {
         #[arg(long)]
         quick: bool,
         /// Scenarios to run, comma-separated: throughput, rtt, connrate, conns, stall,
-        /// bigframe (or case ids such as throughput-up, conns-10000).
+        /// bigframe, reverse, tls (or case ids such as throughput-up, conns-10000, tls-up).
         #[arg(long)]
         only: Option<String>,
-        /// Peers to run, comma-separated: direct, relay, ours, upstream, websocat (the relay
-        /// is always added: it is the baseline of every ratio).
+        /// Peers to run, comma-separated: direct, relay, bare, ours, upstream, websocat, and
+        /// (only when named) ours-metrics, ours-pp (the relay is always added: it is the
+        /// baseline of every ratio).
         #[arg(long)]
         peers: Option<String>,
         /// Rounds per case (default: 5 for throughput, round trip and connection rate, 3 for
@@ -139,6 +141,12 @@ enum Cmd {
         /// Copy buffer size per direction.
         #[arg(long, default_value_t = 64 * 1024)]
         buf: usize,
+        /// Terminate TLS with this certificate (PEM) before copying (the wss:// floor).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key (PEM) of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -223,7 +231,19 @@ async fn real_main_bench(cmd: Cmd) -> Result<()> {
     match cmd {
         Cmd::Soak { .. } | Cmd::Spike { .. } => bail!("soak and spike are run by real_main"),
         Cmd::Serve => serve::run().await,
-        Cmd::Relay { listen, to, buf } => relay::run(listen, to, buf).await,
+        Cmd::Relay {
+            listen,
+            to,
+            buf,
+            tls_cert,
+            tls_key,
+        } => {
+            let acceptor = match (tls_cert, tls_key) {
+                (Some(c), Some(k)) => Some(tls::acceptor(&c, &k)?),
+                _ => None,
+            };
+            relay::run(listen, to, buf, acceptor).await
+        }
         Cmd::Run {
             quick,
             only,

@@ -295,8 +295,36 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// Starts `peer` in front of target `t`; returns once it accepts connections.
-pub fn start(cmds: &Commands, targets: &Targets, peer: Peer, t: Target) -> Result<Running> {
+/// websocat's TLS listener takes a PKCS#12 archive: made once from the PEM files with the
+/// openssl command (empty password).
+fn pkcs12(tls: &crate::tls::TlsFiles) -> Result<PathBuf> {
+    let out = tls.cert.with_file_name("server.p12");
+    if !out.exists() {
+        let st = Command::new("openssl")
+            .args(["pkcs12", "-export", "-passout", "pass:", "-in"])
+            .arg(&tls.cert)
+            .arg("-inkey")
+            .arg(&tls.key)
+            .arg("-out")
+            .arg(&out)
+            .status()
+            .context("cannot run openssl to make websocat's PKCS#12 file")?;
+        if !st.success() {
+            bail!("openssl pkcs12 -export failed ({st})");
+        }
+    }
+    Ok(out)
+}
+
+/// Starts `peer` in front of target `t` (with TLS on its listening side when `tls` is
+/// given); returns once it accepts connections.
+pub fn start(
+    cmds: &Commands,
+    targets: &Targets,
+    peer: Peer,
+    t: Target,
+    tls: Option<&crate::tls::TlsFiles>,
+) -> Result<Running> {
     let target = targets.addr(peer.ws_target(), t);
     let metrics_port = if peer == Peer::OursMetrics {
         free_port()?
@@ -318,6 +346,10 @@ pub fn start(cmds: &Commands, targets: &Targets, peer: Peer, t: Target) -> Resul
         Peer::Relay | Peer::Bare => {
             let mut c = Command::new(&cmds.bench);
             c.args(["relay", "--listen", &listen, "--to", &to]);
+            if let Some(tls) = tls {
+                c.arg("--tls-cert").arg(&tls.cert);
+                c.arg("--tls-key").arg(&tls.key);
+            }
             c.stdin(Stdio::piped());
             c
         }
@@ -339,6 +371,9 @@ pub fn start(cmds: &Commands, targets: &Targets, peer: Peer, t: Target) -> Resul
                 }
                 _ => {}
             }
+            if let Some(tls) = tls {
+                c.arg("--cert").arg(&tls.cert).arg("--key").arg(&tls.key);
+            }
             c.args([&listen, &to]);
             c.stdin(Stdio::null());
             c
@@ -349,6 +384,9 @@ pub fn start(cmds: &Commands, targets: &Targets, peer: Peer, t: Target) -> Resul
                 .as_ref()
                 .context("upstream websockify is not installed")?;
             let mut c = Command::new(exe);
+            if let Some(tls) = tls {
+                c.arg("--cert").arg(&tls.cert).arg("--key").arg(&tls.key);
+            }
             c.args([&listen, &to]);
             c.stdin(Stdio::null());
             c
@@ -359,12 +397,14 @@ pub fn start(cmds: &Commands, targets: &Targets, peer: Peer, t: Target) -> Resul
                 .as_ref()
                 .context("websocat is not installed")?;
             let mut c = Command::new(exe);
-            c.args([
-                "--binary",
-                "-E",
-                &format!("ws-l:{listen}"),
-                &format!("tcp:{to}"),
-            ]);
+            c.args(["--binary", "-E"]);
+            if let Some(tls) = tls {
+                c.arg("--pkcs12-der").arg(pkcs12(tls)?);
+                c.arg(format!("wss-l:{listen}"));
+            } else {
+                c.arg(format!("ws-l:{listen}"));
+            }
+            c.arg(format!("tcp:{to}"));
             c.stdin(Stdio::null());
             c
         }

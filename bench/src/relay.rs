@@ -5,13 +5,21 @@
 //! on tokio's default multi-thread runtime. It understands nothing of WebSocket: the client
 //! speaks WebSocket through it to the bench's own WebSocket target, so every byte of framing
 //! crosses it untouched. It prints `listening on ADDR` and exits when its stdin closes.
+//!
+//! With `--tls-cert`/`--tls-key` it terminates TLS (rustls) first and copies the plaintext:
+//! the floor of the wss:// table.
 
 use std::net::SocketAddr;
 
 use anyhow::{Context as _, Result};
 use tokio::net::{TcpListener, TcpStream};
 
-pub async fn run(listen: SocketAddr, target: SocketAddr, buf: usize) -> Result<()> {
+pub async fn run(
+    listen: SocketAddr,
+    target: SocketAddr,
+    buf: usize,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
@@ -25,6 +33,7 @@ pub async fn run(listen: SocketAddr, target: SocketAddr, buf: usize) -> Result<(
                 continue;
             }
         };
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _ = client.set_nodelay(true);
             let Ok(Ok(mut upstream)) = tokio::time::timeout(
@@ -36,8 +45,34 @@ pub async fn run(listen: SocketAddr, target: SocketAddr, buf: usize) -> Result<(
                 return;
             };
             let _ = upstream.set_nodelay(true);
-            let _ = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, buf, buf)
-                .await;
+            match tls {
+                None => {
+                    let _ = tokio::io::copy_bidirectional_with_sizes(
+                        &mut client,
+                        &mut upstream,
+                        buf,
+                        buf,
+                    )
+                    .await;
+                }
+                Some(acceptor) => {
+                    let Ok(Ok(mut client)) = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(client),
+                    )
+                    .await
+                    else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional_with_sizes(
+                        &mut client,
+                        &mut upstream,
+                        buf,
+                        buf,
+                    )
+                    .await;
+                }
+            }
         });
     }
 }

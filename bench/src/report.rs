@@ -220,6 +220,62 @@ fn rows(cases: &[Case]) -> Vec<(Case, Row)> {
                     false,
                 );
             }
+            Case::TlsUp => {
+                add(
+                    c,
+                    "mib_s",
+                    "T1. wss:// throughput up, 64 KiB messages",
+                    "MiB/s",
+                    true,
+                    true,
+                );
+                add(
+                    c,
+                    "mib_per_cpu_s",
+                    "T1. wss:// up: MiB per CPU-second of the proxy",
+                    "MiB/CPU-s",
+                    true,
+                    true,
+                );
+            }
+            Case::TlsDown => {
+                add(
+                    c,
+                    "mib_s",
+                    "T1. wss:// throughput down, 64 KiB writes",
+                    "MiB/s",
+                    true,
+                    true,
+                );
+                add(
+                    c,
+                    "mib_per_cpu_s",
+                    "T1. wss:// down: MiB per CPU-second of the proxy",
+                    "MiB/CPU-s",
+                    true,
+                    true,
+                );
+            }
+            Case::TlsConn16 => add(
+                c,
+                "conn_s",
+                "T2. wss:// connections (TLS handshake, WebSocket handshake, 32 B echo, close), 16 at a time",
+                "conn/s",
+                true,
+                true,
+            ),
+            Case::TlsMany(k) => {
+                let label: &'static str = Box::leak(
+                    format!("T3. {k} idle wss:// connections: memory per connection")
+                        .into_boxed_str(),
+                );
+                add(c, "mem_kib_per_conn", label, "KiB", false, true);
+                let label: &'static str = Box::leak(
+                    format!("T3. {k} wss:// connections: still echoing (worst round)")
+                        .into_boxed_str(),
+                );
+                add(c, "echo_ok", label, "of K", true, false);
+            }
             Case::RevUp => {
                 add(
                     c,
@@ -424,12 +480,41 @@ fn bars(results: &[CaseResult]) -> Vec<Bar> {
     out
 }
 
-fn table(results: &[CaseResult], peers: &[Peer]) -> String {
-    let cases: Vec<Case> = results.iter().map(|r| r.case).collect();
+/// The table of the plain (`tls` false) or the wss:// cases (`tls` true; the relay column
+/// is then the TLS-terminating relay). Empty when no such case ran.
+fn table(results: &[CaseResult], peers: &[Peer], tls: bool) -> String {
+    let cases: Vec<Case> = results
+        .iter()
+        .map(|r| r.case)
+        .filter(|c| c.tls() == tls)
+        .collect();
+    if cases.is_empty() {
+        return String::new();
+    }
+    let peers: Vec<Peer> = if tls {
+        peers
+            .iter()
+            .copied()
+            .filter(|&p| {
+                matches!(
+                    p,
+                    Peer::Relay | Peer::Ours | Peer::Upstream | Peer::Websocat
+                )
+            })
+            .collect()
+    } else {
+        peers.to_vec()
+    };
+    let peers = &peers[..];
     let mut s = String::new();
     let _ = write!(s, "| scenario | unit |");
     for p in peers {
-        let _ = write!(s, " {} |", p.title());
+        let title = if tls && *p == Peer::Relay {
+            "TLS relay (rustls + tokio copy)"
+        } else {
+            p.title()
+        };
+        let _ = write!(s, " {title} |");
     }
     let _ = write!(s, "\n|---|---|");
     for _ in peers {
@@ -666,6 +751,15 @@ pub const METHOD: &str = "\
   64 KiB buffers on tokio's default multi-thread runtime, in front of that same WebSocket target;
   the client's WebSocket bytes cross it untouched. The floor for any proxy, and the denominator
   of every ratio.
+- **bare TCP relay (raw TCP both ends)**: the same `ws-bench relay`, but the client speaks raw
+  TCP through it to the bench's raw TCP target: no WebSocket anywhere, so no handshake, framing
+  or masking is charged to anyone. The floor that any copying proxy stands on; run for
+  throughput, round trip, connection rate and the reverse direction, and shown beside the relay
+  in *Ours against both floors*.
+- **ours + --metrics-listen**, **ours + --proxy-protocol** (run only when named in `--peers`,
+  e.g. `--peers ours,ours-metrics,ours-pp`): our websockify with that option; with
+  `--proxy-protocol` the client sends a PROXY v2 header before its handshake. *Options on vs
+  off* gives each over plain ours.
 - **websockify (Rust, ours)**, **websockify (Python)**, **websocat** (`--binary -E ws-l: tcp:`):
   the client speaks WebSocket to the proxy, the proxy speaks plain TCP to the bench's TCP target
   (echo, sink, source or never-read). These do the WebSocket work (unmasking, framing) that the
@@ -682,8 +776,8 @@ pub const METHOD: &str = "\
 2. *Round trip*: one connection, 64-byte binary messages sent one at a time to an echo target;
    each sample is the time from `write` to the last echoed byte; 20,000 samples after a warm-up
    (quick: 2,000).
-3. *Connection rate*: open TCP, WebSocket handshake, one 64-byte echo, close handshake (close
-   sent, close or EOF received); completed cycles per second, one at a time and 16 at a time,
+3. *Connection rate*: open TCP, WebSocket handshake, one 32-byte echo, close handshake (close
+   sent, close or EOF received; bare relay: open, one 32-byte echo, FIN, EOF received); completed cycles per second, one at a time and 16 at a time,
    for 2 s or 10,000 cycles (quick: 0.7 s or 2,000).
 4. *Many connections*: after one warm-up cycle, K connections are opened (64 handshakes in
    flight, each echoing once), then each echoes once more at a random moment within 3 s
@@ -706,6 +800,27 @@ pub const METHOD: &str = "\
    streamed to a sink; throughput until the sink acknowledges; *stalled* when the sink got no
    byte for 2 s (a proxy that waits for the whole frame), *failed* or a note when the proxy
    closes the connection; peak RSS growth as in 5.
+7. *Reverse direction while the other is saturated* (a VNC session: a framebuffer stream one
+   way, small input or acknowledgement messages the other). *Up saturated* (`reverse-up`): the
+   client pushes 1 GiB (at least; or the throughput size) of 64 KiB frames to a sink that sends
+   a 24-byte ack down after every MiB it has read; each ack carries the target's
+   CLOCK_MONOTONIC at `write`, and its delay is taken when the client reads it; the row shows
+   the worst and the 99th percentile. *Down saturated* (`reverse-down`): the target sources
+   1 GiB while the client sends an 8-byte probe up every millisecond carrying its own
+   CLOCK_MONOTONIC at `write`; the target takes each probe's delay when it reads it and answers
+   the percentiles after the last byte. Client, proxy and target run on one machine, so the
+   one clock serves all three. A relay that lets one direction monopolise its task (or its
+   buffers) shows it here.
+
+*wss:// (TLS)* table (scenario `tls`): at the start of the run ws-bench makes a throwaway CA and a
+certificate for localhost / 127.0.0.1 with rcgen (`target/bench/tls/`); its client (tokio-rustls,
+trusting that CA, session resumption on as rustls has it by default) speaks wss:// to every peer.
+Our websockify and upstream get `--cert server.crt --key server.key`; websocat gets
+`--pkcs12-der server.p12 wss-l:` (made with the openssl command); the floor is `ws-bench relay
+--tls-cert --tls-key`, which terminates TLS with rustls and copies the plaintext WebSocket to the
+bench's WebSocket target. T1 is scenario 1 over TLS, T2 scenario 3 at 16 at a time (each cycle a
+TLS handshake, possibly resumed, then WebSocket handshake, 32-byte echo, close), T3 scenario 4
+with 5,000 connections (quick: 1,000). Ratios in that table are to the TLS relay.
 
 Each cell is the median of the rounds (each round starts every peer afresh, in an order that
 rotates from round to round); the ratio in brackets is that median over the TCP relay's median
@@ -822,7 +937,8 @@ pub fn write(
     } else {
         "full"
     };
-    let tbl = table(results, &peers);
+    let tbl = table(results, &peers, false);
+    let tls_tbl = table(results, &peers, true);
     let note_text = notes(results, &peers);
     let rounds_text = if plan.rounds == plan.rounds_cheap {
         format!("{} round(s)", plan.rounds)
@@ -850,6 +966,12 @@ pub fn write(
         elapsed.as_secs_f64()
     );
     let _ = writeln!(md, "{tbl}");
+    if !tls_tbl.is_empty() {
+        let _ = writeln!(
+            md,
+            "## wss:// (TLS)\n\nIn brackets: the ratio to the TLS-terminating relay.\n\n{tls_tbl}"
+        );
+    }
     if let Some(w) = noise_warning(results, &peers) {
         let _ = writeln!(md, "{w}\n");
     }
@@ -883,6 +1005,7 @@ pub fn write(
             plan.quick,
             env,
             &tbl,
+            &tls_tbl,
             results,
             &peers,
             &note_text,
@@ -898,6 +1021,7 @@ fn write_docs(
     quick: bool,
     env: &Env,
     tbl: &str,
+    tls_tbl: &str,
     results: &[CaseResult],
     peers: &[Peer],
     note_text: &str,
@@ -933,6 +1057,12 @@ fn write_docs(
         "## Results\n\nMedian of {rounds}; in brackets, the ratio to the TCP relay of the same run.\n"
     );
     let _ = writeln!(d, "{tbl}");
+    if !tls_tbl.is_empty() {
+        let _ = writeln!(
+            d,
+            "### wss:// (TLS)\n\nIn brackets: the ratio to the TLS-terminating relay.\n\n{tls_tbl}"
+        );
+    }
     if let Some(w) = noise_warning(results, peers) {
         let _ = writeln!(d, "{w}\n");
     }

@@ -28,6 +28,11 @@ pub enum Case {
     BigFrame,
     RevUp,
     RevDown,
+    /// wss:// (TLS on the client side of every peer; the relay terminates TLS).
+    TlsUp,
+    TlsDown,
+    TlsConn16,
+    TlsMany(usize),
 }
 
 impl Case {
@@ -44,6 +49,10 @@ impl Case {
             Case::BigFrame => "bigframe".into(),
             Case::RevUp => "reverse-up".into(),
             Case::RevDown => "reverse-down".into(),
+            Case::TlsUp => "tls-up".into(),
+            Case::TlsDown => "tls-down".into(),
+            Case::TlsConn16 => "tls-connrate-16".into(),
+            Case::TlsMany(k) => format!("tls-conns-{k}"),
         }
     }
     /// The scenario name `--only` selects.
@@ -56,17 +65,36 @@ impl Case {
             Case::StallUp | Case::StallDown => "stall",
             Case::BigFrame => "bigframe",
             Case::RevUp | Case::RevDown => "reverse",
+            Case::TlsUp | Case::TlsDown | Case::TlsConn16 | Case::TlsMany(_) => "tls",
         }
+    }
+    /// A wss:// case.
+    pub fn tls(self) -> bool {
+        matches!(
+            self,
+            Case::TlsUp | Case::TlsDown | Case::TlsConn16 | Case::TlsMany(_)
+        )
     }
     fn target(self) -> Target {
         match self {
-            Case::Rtt | Case::ConnSeq | Case::Conn16 | Case::Many(_) => Target::Echo,
+            Case::Rtt
+            | Case::ConnSeq
+            | Case::Conn16
+            | Case::Many(_)
+            | Case::TlsConn16
+            | Case::TlsMany(_) => Target::Echo,
             _ => Target::Ctl,
         }
     }
     /// The direct path has no proxy whose memory could be read: it is run where it gives a
     /// speed to compare with.
     fn applies(self, p: Peer) -> bool {
+        if self.tls() {
+            return matches!(
+                p,
+                Peer::Relay | Peer::Ours | Peer::Upstream | Peer::Websocat
+            );
+        }
         match p {
             Peer::Direct => !matches!(self, Case::Many(_) | Case::StallUp | Case::StallDown),
             // The bare floor: speed only (its memory and bounds are the relay's).
@@ -85,7 +113,7 @@ impl Case {
     }
 }
 
-pub const SCENARIOS: [&str; 7] = [
+pub const SCENARIOS: [&str; 8] = [
     "throughput",
     "rtt",
     "connrate",
@@ -93,6 +121,7 @@ pub const SCENARIOS: [&str; 7] = [
     "stall",
     "bigframe",
     "reverse",
+    "tls",
 ];
 
 /// Sizes and bounds of a run.
@@ -107,6 +136,8 @@ pub struct Plan {
     pub conn_max: u64,
     pub conn_time: Duration,
     pub many: Vec<usize>,
+    /// Idle wss:// connections for the TLS memory case.
+    pub tls_many: usize,
     pub activity: Duration,
     pub push_bytes: u64,
     pub stall: Duration,
@@ -130,6 +161,7 @@ impl Plan {
                 conn_max: 2000,
                 conn_time: Duration::from_millis(700),
                 many: vec![1000],
+                tls_many: 1000,
                 activity: Duration::from_secs(1),
                 push_bytes: 1 << 30,
                 stall: Duration::from_secs(1),
@@ -148,6 +180,7 @@ impl Plan {
                 conn_max: 10_000,
                 conn_time: Duration::from_secs(2),
                 many: vec![1000, 5000, 10_000],
+                tls_many: 5000,
                 activity: Duration::from_secs(3),
                 push_bytes: 1 << 30,
                 stall: Duration::from_secs(2),
@@ -180,6 +213,10 @@ impl Plan {
             Case::BigFrame,
             Case::RevUp,
             Case::RevDown,
+            Case::TlsUp,
+            Case::TlsDown,
+            Case::TlsConn16,
+            Case::TlsMany(self.tls_many),
         ]);
         v.retain(|c| {
             self.only.is_empty() || self.only.iter().any(|o| o == c.scenario() || *o == c.id())
@@ -302,11 +339,17 @@ async fn run_case(
     running: &peers::Running,
     targets: &Targets,
     peer: Peer,
+    tls: Option<&crate::tls::TlsFiles>,
 ) -> Result<Metrics> {
     let addr = ws::Dial {
         addr: running.addr,
         raw: peer.raw(),
         proxy_v2: peer.proxy_v2(),
+        tls: if case.tls() {
+            tls.map(|t| t.connector.clone())
+        } else {
+            None
+        },
     };
     let probe = Probe {
         proxy: running.pid,
@@ -319,6 +362,19 @@ async fn run_case(
         limit: Duration::from_secs(60),
     };
     match case {
+        Case::TlsUp => scenarios::throughput_up(addr, probe, plan.tp_bytes, tp_limit).await,
+        Case::TlsDown => scenarios::throughput_down(addr, probe, plan.tp_bytes, tp_limit).await,
+        Case::TlsConn16 => {
+            scenarios::conn_rate(addr, probe, 16, plan.conn_max, plan.conn_time).await
+        }
+        Case::TlsMany(k) => {
+            let opts = ManyOpts {
+                count: k.min(max_conns(plan.nofile)),
+                activity: plan.activity,
+                open_limit: Duration::from_secs(90),
+            };
+            scenarios::many(addr, running.pid, &opts).await
+        }
         Case::TpUp => scenarios::throughput_up(addr, probe, plan.tp_bytes, tp_limit).await,
         Case::TpDown => scenarios::throughput_down(addr, probe, plan.tp_bytes, tp_limit).await,
         Case::Rtt => {
@@ -379,7 +435,7 @@ pub fn max_conns(nofile: u64) -> usize {
 fn summary(case: Case, m: &Metrics) -> String {
     let g = |k: &str| m.values.get(k).copied().unwrap_or(f64::NAN);
     let s = match case {
-        Case::TpUp | Case::TpDown => format!(
+        Case::TpUp | Case::TpDown | Case::TlsUp | Case::TlsDown => format!(
             "{:.0} MiB/s, proxy CPU {:.0}%, client CPU {:.0}%, target CPU {:.0}%",
             g("mib_s"),
             g("proxy_cpu_pct"),
@@ -392,7 +448,7 @@ fn summary(case: Case, m: &Metrics) -> String {
             g("p99_us"),
             g("samples")
         ),
-        Case::ConnSeq | Case::Conn16 => {
+        Case::ConnSeq | Case::Conn16 | Case::TlsConn16 => {
             format!(
                 "{:.0} conn/s ({} ok, {} failed)",
                 g("conn_s"),
@@ -400,7 +456,7 @@ fn summary(case: Case, m: &Metrics) -> String {
                 g("failed")
             )
         }
-        Case::Many(k) => format!(
+        Case::Many(k) | Case::TlsMany(k) => format!(
             "opened {}/{k}, echo ok {}, {:.2} KiB/conn RSS ({:.2} KiB PSS), open took {:.1} s",
             g("opened"),
             g("echo_ok"),
@@ -463,6 +519,14 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let targets = Targets::start(&cmds.bench)?;
     let cases = plan.cases();
+    let tls = if cases.iter().any(|c| c.tls()) {
+        Some(
+            crate::tls::make(&opts.out.join("tls"))
+                .context("cannot make the TLS test certificates")?,
+        )
+    } else {
+        None
+    };
     let mut results: Vec<CaseResult> = Vec::new();
     let started = std::time::Instant::now();
     let mut failed_many: HashSet<Peer> = HashSet::new();
@@ -479,7 +543,14 @@ pub async fn run(opts: Options) -> Result<()> {
             .collect();
         let rounds = if matches!(
             case,
-            Case::TpUp | Case::TpDown | Case::Rtt | Case::ConnSeq | Case::Conn16
+            Case::TpUp
+                | Case::TpDown
+                | Case::Rtt
+                | Case::ConnSeq
+                | Case::Conn16
+                | Case::TlsUp
+                | Case::TlsDown
+                | Case::TlsConn16
         ) {
             plan.rounds_cheap
         } else {
@@ -513,7 +584,13 @@ pub async fn run(opts: Options) -> Result<()> {
                         waited.as_secs_f64()
                     );
                 }
-                let mut record = match peers::start(&cmds, &targets, peer, case.target()) {
+                let mut record = match peers::start(
+                    &cmds,
+                    &targets,
+                    peer,
+                    case.target(),
+                    if case.tls() { tls.as_ref() } else { None },
+                ) {
                     Err(e) => RunRecord {
                         round,
                         metrics: Metrics::default(),
@@ -523,7 +600,7 @@ pub async fn run(opts: Options) -> Result<()> {
                     Ok(mut running) => {
                         let r = tokio::time::timeout(
                             Duration::from_secs(300),
-                            run_case(case, plan, &running, &targets, peer),
+                            run_case(case, plan, &running, &targets, peer, tls.as_ref()),
                         )
                         .await
                         .unwrap_or_else(|_| {

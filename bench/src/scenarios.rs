@@ -147,6 +147,7 @@ pub async fn throughput_up(
                 .await
                 .context("writing to the proxy")?;
         }
+        c.stream.flush().await.context("writing to the proxy")?;
         c.recv(1, None)
             .await
             .context("waiting for the sink's acknowledgement")
@@ -219,7 +220,7 @@ pub async fn reverse_up(dial: Dial, probe: Probe, bytes: u64, limit: Duration) -
     let mut reader = c.payload_reader();
     let a = probe.snap();
     let delays = bounded("upload with acks", limit, async {
-        let (mut rd, mut wr) = c.stream.split();
+        let (mut rd, mut wr) = tokio::io::split(&mut c.stream);
         let write = async {
             let mut left = frames;
             while left > 0 {
@@ -229,6 +230,7 @@ pub async fn reverse_up(dial: Dial, probe: Probe, bytes: u64, limit: Duration) -
                     .context("writing to the proxy")?;
                 left -= k;
             }
+            wr.flush().await.context("writing to the proxy")?;
             Ok::<(), anyhow::Error>(())
         };
         let read = async {
@@ -300,7 +302,7 @@ pub async fn reverse_down(
     let done = AtomicBool::new(false);
     let a = probe.snap();
     let (stats, b) = bounded("download with probes", limit, async {
-        let (mut rd, mut wr) = c.stream.split();
+        let (mut rd, mut wr) = tokio::io::split(&mut c.stream);
         let write = async {
             let mut tick = tokio::time::interval(Duration::from_millis(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -319,11 +321,13 @@ pub async fn reverse_down(
                 }
                 let p = send(crate::serve::mono_ns().max(1), &mut rng);
                 wr.write_all(&p).await.context("sending a probe")?;
+                wr.flush().await.context("sending a probe")?;
                 sent += 1;
             }
             wr.write_all(&send(0, &mut rng))
                 .await
                 .context("sending the last probe")?;
+            wr.flush().await.context("sending the last probe")?;
             Ok::<u64, anyhow::Error>(sent)
         };
         let read = async {
@@ -426,7 +430,7 @@ pub async fn round_trip(
 
 /// One connection's life: open, handshake, one 32-byte echo, close handshake (raw: open, one
 /// 32-byte echo, FIN and the other side's EOF).
-async fn cycle(dial: Dial) -> Result<()> {
+async fn cycle(dial: &Dial) -> Result<()> {
     bounded("connection cycle", Duration::from_secs(5), async {
         let mut c = Client::connect(&dial, seed(), 1024).await?;
         c.echo(&[0x5A; 32]).await?;
@@ -452,6 +456,7 @@ pub async fn conn_rate(
     let deadline = Instant::now() + limit;
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..workers {
+        let dial = dial.clone();
         let (started, ok, failed, first_err) = (
             started.clone(),
             ok.clone(),
@@ -460,7 +465,7 @@ pub async fn conn_rate(
         );
         set.spawn(async move {
             while Instant::now() < deadline && started.fetch_add(1, Ordering::Relaxed) < max {
-                match cycle(dial).await {
+                match cycle(&dial).await {
                     Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
                         if let Ok(mut f) = first_err.lock()
@@ -517,7 +522,7 @@ pub async fn many(dial: Dial, pid: Option<u32>, opts: &ManyOpts) -> Result<Metri
     let rss = || pid.map_or(0, procfs::rss_tree);
     let pss = || pid.map_or(0, procfs::pss_tree);
     // Warm-up: one complete connection, so one-time set-up is not charged to connections.
-    let _ = cycle(dial).await;
+    let _ = cycle(&dial).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let base_rss = rss();
     let base_pss = pss();
@@ -568,6 +573,7 @@ pub async fn many(dial: Dial, pid: Option<u32>, opts: &ManyOpts) -> Result<Metri
         };
         let Ok(permit) = permit else { break };
         let tx = tx.clone();
+        let dial = dial.clone();
         spawned += 1;
         tokio::spawn(async move {
             let r = bounded("open and echo", Duration::from_secs(10), async {

@@ -12,7 +12,10 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 use base64::Engine as _;
 use sha1::Digest as _;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 pub const OP_CONT: u8 = 0x0;
@@ -262,8 +265,52 @@ pub fn accept_key(key: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
+/// A client connection: plain TCP or TLS (wss://).
+pub enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Reads an HTTP head (up to 16 KiB) ending in a blank line; returns it and any bytes after.
-pub async fn read_head(stream: &mut TcpStream) -> Result<(String, Vec<u8>)> {
+pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(String, Vec<u8>)> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 2048];
     loop {
@@ -289,8 +336,8 @@ pub async fn read_head(stream: &mut TcpStream) -> Result<(String, Vec<u8>)> {
 }
 
 /// Client side of the opening handshake; returns bytes that arrived after the 101 head.
-pub async fn client_handshake(
-    stream: &mut TcpStream,
+pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     host: &str,
     rng: &mut Rng,
 ) -> Result<Vec<u8>> {
@@ -312,6 +359,7 @@ pub async fn client_handshake(
         .write_all(req.as_bytes())
         .await
         .context("sending the handshake")?;
+    stream.flush().await.context("sending the handshake")?;
     let (head, rest) = read_head(stream).await?;
     let status = head.lines().next().unwrap_or("");
     if !status.contains(" 101") {
@@ -355,13 +403,15 @@ pub async fn server_handshake(stream: &mut TcpStream) -> Result<Vec<u8>> {
 }
 
 /// How the load generator reaches a peer.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone)]
 pub struct Dial {
     pub addr: std::net::SocketAddr,
     /// Raw TCP: no handshake, no framing (the bare TCP relay in front of a raw TCP target).
     pub raw: bool,
     /// Send a PROXY protocol v2 header first (for a proxy run with `--proxy-protocol`).
     pub proxy_v2: bool,
+    /// wss://: TLS to the peer (which presents the bench's certificate for localhost).
+    pub tls: Option<tokio_rustls::TlsConnector>,
 }
 
 /// A PROXY protocol v2 header for a TCP/IPv4 connection from `src` to `dst`.
@@ -396,7 +446,7 @@ pub fn proxy_v2_header(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> 
 
 /// A connected WebSocket (or, in raw mode, plain TCP) client with a streaming reader.
 pub struct Client {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Raw TCP: payload is the byte stream itself.
     pub raw: bool,
     dec: Decoder,
@@ -495,6 +545,18 @@ impl Client {
                 .await
                 .context("sending the PROXY v2 header")?;
         }
+        let mut stream = match &dial.tls {
+            None => Stream::Tcp(stream),
+            Some(connector) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost")?;
+                Stream::Tls(Box::new(
+                    connector
+                        .connect(name, stream)
+                        .await
+                        .with_context(|| format!("TLS handshake with {addr}"))?,
+                ))
+            }
+        };
         let mut rng = Rng::new(seed);
         let initial = if dial.raw {
             Vec::new()
@@ -516,18 +578,19 @@ impl Client {
     /// Sends one masked binary frame (in raw mode, the payload bytes alone).
     pub async fn send_binary(&mut self, payload: &[u8]) -> Result<()> {
         if self.raw {
-            return self
-                .stream
+            self.stream
                 .write_all(payload)
                 .await
-                .context("sending bytes");
+                .context("sending bytes")?;
+        } else {
+            let key = self.rng.mask_key();
+            let bytes = frame(OP_BINARY, payload, Some(key));
+            self.stream
+                .write_all(&bytes)
+                .await
+                .context("sending a frame")?;
         }
-        let key = self.rng.mask_key();
-        let bytes = frame(OP_BINARY, payload, Some(key));
-        self.stream
-            .write_all(&bytes)
-            .await
-            .context("sending a frame")?;
+        self.stream.flush().await.context("sending")?;
         Ok(())
     }
 
@@ -648,6 +711,7 @@ impl Client {
             .write_all(&close_frame(1000, Some(key)))
             .await
             .context("sending close")?;
+        self.stream.flush().await.context("sending close")?;
         let deadline = tokio::time::Instant::now() + wait;
         while self.closed.is_none() {
             let n = match tokio::time::timeout_at(deadline, self.stream.read(&mut self.rbuf)).await
