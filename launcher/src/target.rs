@@ -69,13 +69,22 @@ pub async fn connect(
             }
             Target::Loopback { port } => {
                 let mut tcp = connect_loopback(*port).await?;
-                let destination = tcp.peer_addr().ok();
+                // Only a PROXY header needs it: no getpeername(2) per connection otherwise.
+                let destination = if proxy.is_some() {
+                    tcp.peer_addr().ok()
+                } else {
+                    None
+                };
                 send_proxy_header(&mut tcp, proxy, destination).await?;
                 Ok(TargetStream::Tcp(tcp))
             }
             Target::Tcp { host, port } => {
                 let mut tcp = connect_tcp(host, *port, until).await?;
-                let destination = tcp.peer_addr().ok();
+                let destination = if proxy.is_some() {
+                    tcp.peer_addr().ok()
+                } else {
+                    None
+                };
                 send_proxy_header(&mut tcp, proxy, destination).await?;
                 match tls {
                     None => Ok(TargetStream::Tcp(tcp)),
