@@ -851,6 +851,69 @@ $B run --only throughput-up --peers ours --rounds 1 --throughput-mib 512 --ours 
 ```
 ";
 
+/// Where the instructions go: the profile of issue 14 (kept on the page across full runs;
+/// re-measure as it says when the relay or the handshake changes).
+pub const PROFILE: &str = "\
+## Where the instructions go (profile, issue 14)
+
+Measured with callgrind (user-space instructions, repeatable on a busy machine) and `strace -c`
+(system calls), release build, default logging (two INFO lines per session to stderr).
+
+**How.** Up path: `ws-bench run --only throughput-up --peers ours --rounds 1 --throughput-mib 128
+--ours target/release/websockify --ours-prefix \"valgrind --tool=callgrind
+--callgrind-out-file=cg.out\"`, then `callgrind_annotate cg.out`; system calls the same way with
+`--ours-prefix \"strace -f -c -o strace.txt\"`. Handshake path: websockify started by hand under
+`valgrind --tool=callgrind` in front of `ws-bench serve`'s TCP echo, driven by a client doing N
+sequential cycles (open, handshake, one 32-byte echo, close); N = 20 and N = 220, and the
+difference divided by 200 gives the cost of one cycle without start-up (`callgrind_annotate
+--inclusive=yes` for the split; `calls=` lines of the profile for allocations).
+
+**Up path** (128 MiB in 64 KiB frames, 46.5 M instructions in all, about 4 M of them start-up):
+
+- unmasking (`frame::Decoder::next`) is 39.6 M: 0.30 instructions per byte, about 20 k per frame;
+- the relay's own bookkeeping (`relay.rs` poll loop) and tokio's readiness checks are about 1.5 k
+  instructions per frame, `memcpy` 0.2 M in all (no payload is compacted): *per-frame
+  bookkeeping* is cleared;
+- so the up path's cost is the kernel's: `strace` counted **1.88 `recvfrom` per 64 KiB frame**
+  (one `sendto`), against one read and one write per 64 KiB for the relay. *Frames straddling
+  reads* is confirmed: a 65,550-byte frame never fits a 65,536-byte read, so every frame took a
+  full read and a 16-byte read for its tail (held so that the frame goes out in one write).
+  Fixed: binary modes read into the whole buffer (64 KiB + 16 bytes of headroom, which the up
+  direction does not need), so a frame and its header arrive in one read: **1.00 `recvfrom` per
+  frame** after (4,106 for 4,096 frames, 7,689 before), callgrind 46.51 M → 45.96 M instructions
+  for the 128 MiB (a few hundred bytes of `memcpy` per frame now compact the start of the next
+  frame behind the end of the last). In time the change is inside this machine's noise: one quick
+  3-round run with another process using about a core throughout gave up MiB per proxy
+  CPU-second 0.98× → 1.11× the relay and MiB/s 0.98× → 0.82× (round-to-round spread ±25 %).
+
+**Handshake path** (one cycle: open, handshake, 32-byte echo, close): **112 k instructions**, of
+which `connection::handle` is 80 k:
+
+- logging is the largest part: the two INFO lines (connection, session closed) cost 30 k
+  (tracing-subscriber's formatting: timestamp, fields, the `Debug` of a `Duration`, `Display` of
+  the target 2.2 k and of the client address 1.8 k), the per-connection span 2.1 k and recording
+  its client field 3.2 k: about 37 k, a third of the cycle. *Per-connection spans and log
+  formatting*: confirmed as the biggest user-space cost; not cut here, since the lines are
+  upstream's and operators read them (a cheaper line formatter is the lever);
+- `request::serve` 23.7 k: parsing the head 7.6 k (httparse 1.9 k, building the
+  `http::Request` and its `HeaderMap` the rest), the accept key (SHA-1, base64) 4.2 k, writing
+  the 101 3.2 k;
+- relaying the echo and the close 12 k, connecting to the target 3.7 k;
+- 31 `malloc`, 2 `realloc`, 1 `calloc` and 35 `free` per cycle (about 13 k instructions);
+- *the hyper server connection per handshake*: cleared, main reads the head with httparse and
+  builds no hyper connection (hyper serves only `--web`);
+- *the first-byte peek with its timer*: one `recvfrom(MSG_PEEK)` and one tokio timer (about 200
+  instructions to arm and drop) per connection: small; the peek is one of about 25 system calls
+  of a cycle that could go if the head were read first and handed to TLS as a prefix;
+- system calls per cycle (`strace -c`, 200 cycles): `recvfrom` 5 (peek, head, echo, close,
+  target), `sendto` 4, `setsockopt` 4 (`TCP_NODELAY` both sides, `SO_RCVBUF` and
+  `SO_KEEPALIVE` on the target), `epoll_ctl` 4, `shutdown` 2, `close` 2, `accept4` 2 (one
+  `EAGAIN`), `socket`, `connect`, `getsockopt(SO_ERROR)`, and **`getpeername` 1: fixed** (it fed
+  only the PROXY header towards the target, now asked for only with `--target-proxy-protocol`);
+  plus cross-thread wake-ups (`futex` about 12, eventfd `write` 3) and the log writer thread's
+  two `write`s.
+";
+
 pub fn write(
     opts: &Options,
     plan: &Plan,
@@ -1088,6 +1151,7 @@ fn write_docs(
         let _ = writeln!(d, "### Notes, failures and errors\n\n{note_text}");
     }
     let _ = writeln!(d, "## Method\n\n{METHOD}");
+    let _ = writeln!(d, "{PROFILE}");
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }

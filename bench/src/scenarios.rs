@@ -432,7 +432,7 @@ pub async fn round_trip(
 /// 32-byte echo, FIN and the other side's EOF).
 async fn cycle(dial: &Dial) -> Result<()> {
     bounded("connection cycle", Duration::from_secs(5), async {
-        let mut c = Client::connect(&dial, seed(), 1024).await?;
+        let mut c = Client::connect(dial, seed(), 1024).await?;
         c.echo(&[0x5A; 32]).await?;
         c.close(Duration::from_secs(2)).await
     })
