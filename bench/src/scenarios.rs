@@ -203,9 +203,20 @@ pub async fn throughput_down(
     Ok(m)
 }
 
+/// Aborts a spawned task when dropped (a timed-out scenario leaves nothing running).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Scenario 7, up saturated: the client pushes `bytes` in 64 KiB frames to an `R` sink, which
 /// sends a 24-byte ack down after every MiB; each ack's delay is the time from the target's
-/// `write` to the client's read (one clock: CLOCK_MONOTONIC).
+/// `write` to the client's read (one clock: CLOCK_MONOTONIC). The reader is a task of its own,
+/// so the saturating writer never delays it (in one task, tokio's cooperative budget would let
+/// the writer run for 128 writes between the reader's turns).
 pub async fn reverse_up(dial: Dial, probe: Probe, bytes: u64, limit: Duration) -> Result<Metrics> {
     let mut c = bounded(
         "connect",
@@ -218,22 +229,10 @@ pub async fn reverse_up(dial: Dial, probe: Probe, bytes: u64, limit: Duration) -
     let per_frame = batch.len() / BATCH;
     let frames = bytes / CHUNK as u64;
     let mut reader = c.payload_reader();
+    let (mut rd, mut wr) = tokio::io::split(c.stream);
     let a = probe.snap();
     let delays = bounded("upload with acks", limit, async {
-        let (mut rd, mut wr) = tokio::io::split(&mut c.stream);
-        let write = async {
-            let mut left = frames;
-            while left > 0 {
-                let k = left.min(BATCH as u64);
-                wr.write_all(&batch[..per_frame * k as usize])
-                    .await
-                    .context("writing to the proxy")?;
-                left -= k;
-            }
-            wr.flush().await.context("writing to the proxy")?;
-            Ok::<(), anyhow::Error>(())
-        };
-        let read = async {
+        let read = tokio::spawn(async move {
             let mut carry: Vec<u8> = Vec::new();
             let mut delays = Vec::new();
             loop {
@@ -260,10 +259,18 @@ pub async fn reverse_up(dial: Dial, probe: Probe, bytes: u64, limit: Duration) -
                     );
                 }
             }
-        };
-        let (w, r) = tokio::join!(write, read);
-        w?;
-        r
+        });
+        let _guard = AbortOnDrop(read.abort_handle());
+        let mut left = frames;
+        while left > 0 {
+            let k = left.min(BATCH as u64);
+            wr.write_all(&batch[..per_frame * k as usize])
+                .await
+                .context("writing to the proxy")?;
+            left -= k;
+        }
+        wr.flush().await.context("writing to the proxy")?;
+        read.await.context("the ack reader failed")?
     })
     .await?;
     let b = probe.snap();
@@ -281,8 +288,8 @@ pub async fn reverse_up(dial: Dial, probe: Probe, bytes: u64, limit: Duration) -
 }
 
 /// Scenario 7, down saturated: a `P` source sends `bytes` down while the client sends an
-/// 8-byte probe up every millisecond; the target measures each probe's delay from the
-/// client's `write` to its read and answers the percentiles at the end.
+/// 8-byte probe up every millisecond (from a task of its own); the target measures each
+/// probe's delay from the client's `write` to its read and answers the percentiles at the end.
 pub async fn reverse_down(
     dial: Dial,
     probe: Probe,
@@ -299,14 +306,14 @@ pub async fn reverse_down(
     let mut reader = c.payload_reader();
     let raw = c.raw;
     let mut rng = c.rng.clone();
-    let done = AtomicBool::new(false);
+    let done = Arc::new(AtomicBool::new(false));
+    let (mut rd, mut wr) = tokio::io::split(c.stream);
     let a = probe.snap();
     let (stats, b) = bounded("download with probes", limit, async {
-        let (mut rd, mut wr) = tokio::io::split(&mut c.stream);
-        let write = async {
+        let stop = done.clone();
+        let write = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(1));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut sent = 0u64;
             let send = |stamp: u64, rng: &mut ws::Rng| {
                 if raw {
                     stamp.to_be_bytes().to_vec()
@@ -314,47 +321,44 @@ pub async fn reverse_down(
                     ws::frame(OP_BINARY, &stamp.to_be_bytes(), Some(rng.mask_key()))
                 }
             };
-            while !done.load(Ordering::Relaxed) {
+            while !stop.load(Ordering::Relaxed) {
                 tick.tick().await;
-                if done.load(Ordering::Relaxed) {
+                if stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let p = send(crate::serve::mono_ns().max(1), &mut rng);
                 wr.write_all(&p).await.context("sending a probe")?;
                 wr.flush().await.context("sending a probe")?;
-                sent += 1;
             }
             wr.write_all(&send(0, &mut rng))
                 .await
                 .context("sending the last probe")?;
             wr.flush().await.context("sending the last probe")?;
-            Ok::<u64, anyhow::Error>(sent)
-        };
-        let read = async {
-            let mut got = 0u64;
-            let mut stats: Vec<u8> = Vec::new();
-            let mut b = None;
-            while stats.len() < 32 {
-                let open = reader
-                    .read(&mut rd, &mut |d| {
-                        let take = ((bytes - got) as usize).min(d.len());
-                        got += take as u64;
-                        stats.extend_from_slice(&d[take..]);
-                    })
-                    .await?;
-                if got >= bytes && b.is_none() {
-                    b = Some(probe.snap());
-                    done.store(true, Ordering::Relaxed);
-                }
-                if !open && stats.len() < 32 {
-                    bail!("the proxy closed after {got} of {bytes} bytes");
-                }
+            Ok::<_, anyhow::Error>(wr)
+        });
+        let _guard = AbortOnDrop(write.abort_handle());
+        let mut got = 0u64;
+        let mut stats: Vec<u8> = Vec::new();
+        let mut b = None;
+        while stats.len() < 32 {
+            let open = reader
+                .read(&mut rd, &mut |d| {
+                    let take = ((bytes - got) as usize).min(d.len());
+                    got += take as u64;
+                    stats.extend_from_slice(&d[take..]);
+                })
+                .await?;
+            if got >= bytes && b.is_none() {
+                b = Some(probe.snap());
+                done.store(true, Ordering::Relaxed);
             }
-            Ok::<(Vec<u8>, Option<CpuSnap>), anyhow::Error>((stats, b))
-        };
-        let (w, r) = tokio::join!(write, read);
-        w?;
-        r
+            if !open && stats.len() < 32 {
+                bail!("the proxy closed after {got} of {bytes} bytes");
+            }
+        }
+        // Keep the write half (and so the connection) until the stats are in.
+        let _wr = write.await.context("the probe writer failed")??;
+        Ok::<(Vec<u8>, Option<CpuSnap>), anyhow::Error>((stats, b))
     })
     .await?;
     let b = b.context("no end of download")?;

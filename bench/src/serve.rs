@@ -334,10 +334,12 @@ async fn tcp_ctl_conn(
                 Action::Ack => s.write_all(b"A").await?,
                 Action::Ack24(sunk, seq) => s.write_all(&ack24(sunk, seq)).await?,
                 Action::Probe(n) => {
+                    // The probe reader is a task of its own: the saturating writer must not
+                    // delay it.
                     let mut probes = Probes::default();
                     probes.feed(&std::mem::take(&mut ctl.leftover));
-                    let (mut rd, mut wr) = s.split();
-                    let read = async {
+                    let (mut rd, mut wr) = s.into_split();
+                    let read = tokio::spawn(async move {
                         let mut b = [0u8; 4096];
                         while !probes.done {
                             let k = rd.read(&mut b).await?;
@@ -346,16 +348,11 @@ async fn tcp_ctl_conn(
                             }
                             probes.feed(&b[..k]);
                         }
-                        Ok(())
-                    };
-                    let write = async {
-                        source_raw(&mut wr, &zeros, n).await?;
-                        Ok::<(), anyhow::Error>(())
-                    };
-                    let (r, w) = tokio::join!(read, write);
-                    r?;
-                    w?;
-                    s.write_all(&probes.stats()).await?;
+                        Ok(probes)
+                    });
+                    source_raw(&mut wr, &zeros, n).await?;
+                    let mut probes = read.await??;
+                    wr.write_all(&probes.stats()).await?;
                     return Ok(());
                 }
                 Action::Source(mut n) => {
@@ -533,8 +530,10 @@ async fn ws_ctl_conn(
                 Action::Probe(mut n) => {
                     let mut probes = Probes::default();
                     probes.feed(&std::mem::take(&mut ctl.leftover));
-                    let (mut rd, mut wr) = s.split();
-                    let read = async {
+                    let (mut rd, mut wr) = s.into_split();
+                    let mut dec = std::mem::take(&mut dec);
+                    let read = tokio::spawn(async move {
+                        let mut buf = vec![0u8; 16 * 1024];
                         while !probes.done {
                             let k = rd.read(&mut buf).await?;
                             if k == 0 {
@@ -556,28 +555,23 @@ async fn ws_ctl_conn(
                                 Ok(())
                             })?;
                         }
-                        Ok(())
-                    };
-                    let write = async {
-                        while n > 0 {
-                            let k = (n as usize).min(CHUNK);
-                            if k == CHUNK {
-                                wr.write_all(&big).await?;
-                            } else {
-                                wr.write_all(&ws::frame(ws::OP_BINARY, &big[h..h + k], None))
-                                    .await?;
-                            }
-                            SOURCED.fetch_add(k as u64, Ordering::Relaxed);
-                            n -= k as u64;
+                        Ok(probes)
+                    });
+                    while n > 0 {
+                        let k = (n as usize).min(CHUNK);
+                        if k == CHUNK {
+                            wr.write_all(&big).await?;
+                        } else {
+                            wr.write_all(&ws::frame(ws::OP_BINARY, &big[h..h + k], None))
+                                .await?;
                         }
-                        Ok::<(), anyhow::Error>(())
-                    };
-                    let (r, w) = tokio::join!(read, write);
-                    r?;
-                    w?;
-                    s.write_all(&ws::frame(ws::OP_BINARY, &probes.stats(), None))
+                        SOURCED.fetch_add(k as u64, Ordering::Relaxed);
+                        n -= k as u64;
+                    }
+                    let mut probes = read.await??;
+                    wr.write_all(&ws::frame(ws::OP_BINARY, &probes.stats(), None))
                         .await?;
-                    let _ = s.shutdown().await;
+                    let _ = wr.shutdown().await;
                     return Ok(());
                 }
                 Action::Source(mut n) => {

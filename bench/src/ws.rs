@@ -475,7 +475,7 @@ impl PayloadReader {
     pub async fn read<R: tokio::io::AsyncRead + Unpin>(
         &mut self,
         rd: &mut R,
-        f: &mut dyn FnMut(&[u8]),
+        f: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<bool> {
         let n = if !self.initial.is_empty() {
             let n = self.initial.len().min(self.buf.len());
