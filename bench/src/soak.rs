@@ -648,7 +648,13 @@ pub async fn soak(opts: SoakOpts) -> Result<i32> {
 
 /// Opens one connection, echoes 32 bytes, and returns it.
 async fn open_idle(addr: SocketAddr, seed: u64) -> Result<ws::Client> {
-    let mut c = ws::Client::connect(addr, seed, 512).await?;
+    let dial = ws::Dial {
+        addr,
+        raw: false,
+        proxy_v2: false,
+        tls: None,
+    };
+    let mut c = ws::Client::connect(&dial, seed, 512).await?;
     c.echo(&[0x42; 32]).await?;
     Ok(c)
 }
