@@ -80,3 +80,38 @@ pub mod wswrap;
 
 pub use config::{Config, Target};
 pub use server::run;
+
+/// Entry points for the fuzz targets (`fuzz/`) into parsers that are private to their
+/// modules. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::{Path, PathBuf};
+
+    pub use crate::token::fuzzing::*;
+
+    /// A web request path, resolved as the web server resolves it before touching the disk.
+    #[derive(Debug)]
+    pub struct WebPath {
+        /// Decoded segments, each one normal path component.
+        pub segments: Vec<Vec<u8>>,
+        pub trailing_slash: bool,
+        /// The file-system path under the root.
+        pub joined: PathBuf,
+        /// The clean path for a URL (`/a%20b/`).
+        pub url_dir: String,
+        /// The clean path as page text (`/a b/`).
+        pub display_dir: String,
+    }
+
+    /// Parses a request path (the URI's path) and joins it under `root`.
+    pub fn web_path(raw: &str, root: &Path) -> Result<WebPath, &'static str> {
+        let path = crate::web::RequestPath::parse(raw)?;
+        Ok(WebPath {
+            joined: path.join(root),
+            url_dir: path.url_dir(),
+            display_dir: path.display_dir(),
+            trailing_slash: path.trailing_slash,
+            segments: path.segments,
+        })
+    }
+}

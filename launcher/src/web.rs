@@ -198,16 +198,16 @@ enum Resolved {
 
 /// A request path, decoded once and split into segments that are safe to join under the root.
 #[derive(Debug, PartialEq, Eq)]
-struct RequestPath {
+pub(crate) struct RequestPath {
     /// Decoded, non-empty segments; none starts with `.` or holds `/`, `\` or NUL.
-    segments: Vec<Vec<u8>>,
+    pub(crate) segments: Vec<Vec<u8>>,
     /// The path ends with `/`, before or after decoding.
-    trailing_slash: bool,
+    pub(crate) trailing_slash: bool,
 }
 
 impl RequestPath {
     /// Decodes `raw` (the path of the request URI, without the query) and checks each segment.
-    fn parse(raw: &str) -> Result<RequestPath, &'static str> {
+    pub(crate) fn parse(raw: &str) -> Result<RequestPath, &'static str> {
         if !raw.starts_with('/') {
             return Err("not an absolute path");
         }
@@ -240,7 +240,7 @@ impl RequestPath {
     }
 
     /// The file-system path under `root` (each segment is a single normal component).
-    fn join(&self, root: &Path) -> PathBuf {
+    pub(crate) fn join(&self, root: &Path) -> PathBuf {
         let mut path = root.to_path_buf();
         for segment in &self.segments {
             path.push(OsStr::from_bytes(segment));
@@ -249,7 +249,7 @@ impl RequestPath {
     }
 
     /// The clean path re-encoded for a URL, ending with `/`: `/a%20b/c/`, or `/` for the root.
-    fn url_dir(&self) -> String {
+    pub(crate) fn url_dir(&self) -> String {
         let mut url = String::from("/");
         for segment in &self.segments {
             url.extend(percent_encode(segment, SEGMENT));
@@ -259,7 +259,7 @@ impl RequestPath {
     }
 
     /// The clean path as text for a page title: `/a b/c/`.
-    fn display_dir(&self) -> String {
+    pub(crate) fn display_dir(&self) -> String {
         let mut text = String::from("/");
         for segment in &self.segments {
             text.push_str(&String::from_utf8_lossy(segment));

@@ -468,15 +468,18 @@ impl TokenFiles {
 /// A bad line of a token file: where it is and what is wrong (never its content, which holds
 /// the token).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct SyntaxError {
+pub(super) struct SyntaxError {
     file: PathBuf,
     /// 1-based, counted within `file` (upstream counts across all files of a directory).
-    line: usize,
-    reason: String,
+    pub(super) line: usize,
+    pub(super) reason: String,
 }
 
 /// The entries of one token file, in order (later lines win), and its bad lines.
-fn parse_token_file(path: &Path, text: &str) -> (Vec<(String, Target)>, Vec<SyntaxError>) {
+pub(super) fn parse_token_file(
+    path: &Path,
+    text: &str,
+) -> (Vec<(String, Target)>, Vec<SyntaxError>) {
     let mut entries = Vec::new();
     let mut errors = Vec::new();
     for (index, line) in text.lines().enumerate() {
@@ -495,7 +498,7 @@ fn parse_token_file(path: &Path, text: &str) -> (Vec<(String, Target)>, Vec<Synt
 
 /// One `token: target` line. Blank lines and `#` comments are `Ok(None)`. Like upstream's
 /// `re.split(r':\s', line)`, the line must contain exactly one `:` followed by whitespace.
-fn parse_token_line(line: &str) -> Result<Option<(String, Target)>, String> {
+pub(super) fn parse_token_line(line: &str) -> Result<Option<(String, Target)>, String> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return Ok(None);

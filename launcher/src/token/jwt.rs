@@ -151,7 +151,7 @@ impl JwtKeys {
 
 /// `host` and `port` claims; `exp`/`nbf` must be numbers (jsonwebtoken skips other types,
 /// while upstream's comparison fails on them).
-fn target_from_claims(claims: &Map<String, Value>) -> Result<Target, String> {
+pub(super) fn target_from_claims(claims: &Map<String, Value>) -> Result<Target, String> {
     if ["exp", "nbf"]
         .iter()
         .any(|claim| claims.get(*claim).is_some_and(|v| !v.is_number()))

@@ -326,6 +326,64 @@ fn require_dir(plugin: &str, source: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Entry points for the fuzz targets (`fuzz/`): the parsers of what token back-ends return,
+/// reached without a back-end. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::path::Path;
+
+    use serde_json::{Map, Value};
+
+    use super::TokenError;
+    use crate::config::Target;
+
+    /// One line of a `TokenFile`.
+    pub fn token_line(line: &str) -> Result<Option<(String, Target)>, String> {
+        super::file::parse_token_line(line)
+    }
+
+    /// A whole `TokenFile`: its entries, and its bad lines as (line number, reason).
+    pub fn token_file(text: &str) -> (Vec<(String, Target)>, Vec<(usize, String)>) {
+        let (entries, errors) = super::file::parse_token_file(Path::new("fuzz"), text);
+        let errors = errors.into_iter().map(|e| (e.line, e.reason)).collect();
+        (entries, errors)
+    }
+
+    /// A `host:port` / `[v6]:port` / `unix_socket:/path` target as back-ends return it.
+    pub fn target_text(text: &str) -> Result<Target, String> {
+        super::value::parse_target(text)
+    }
+
+    /// A `{"host": ..., "port": ...}` object (JSON API, Redis).
+    pub fn target_json(object: &Map<String, Value>) -> Result<Target, String> {
+        super::value::target_from_json(object)
+    }
+
+    /// A value stored in Redis under a token.
+    pub fn redis_value(value: &[u8]) -> Result<Target, TokenError> {
+        super::redis::parse_redis_value(value)
+    }
+
+    /// The claims of a verified JWT.
+    pub fn jwt_claims(claims: &Map<String, Value>) -> Result<Target, String> {
+        super::jwt::target_from_claims(claims)
+    }
+
+    /// The keys of a `JWTTokenApi` key file.
+    pub struct JwtKeys(super::jwt::JwtKeys);
+
+    impl JwtKeys {
+        pub fn load(path: &Path) -> anyhow::Result<JwtKeys> {
+            super::jwt::JwtKeys::load(path).map(JwtKeys)
+        }
+
+        /// The target of a token, as a lookup gives it.
+        pub fn lookup(&self, token: &str) -> Result<Option<Target>, TokenError> {
+            self.0.lookup(token)
+        }
+    }
+}
+
 #[cfg(test)]
 mod testing;
 

@@ -276,19 +276,25 @@ impl RedisTokens {
         let Some(value) = value else {
             return Ok(None);
         };
-        let bad = |reason: String| TokenError::BadTarget {
-            backend: "TokenRedis",
-            reason,
-        };
-        let text = std::str::from_utf8(&value).map_err(|_| bad("the value is not UTF-8".into()))?;
-        let text = text.trim();
-        if text.starts_with('{') {
-            let value: Map<String, Value> = serde_json::from_str(text)
-                .map_err(|_| bad("the value is not valid JSON".into()))?;
-            target_from_json(&value).map(Some).map_err(bad)
-        } else {
-            parse_target(text).map(Some).map_err(bad)
-        }
+        parse_redis_value(&value).map(Some)
+    }
+}
+
+/// The target a Redis value names: a JSON object (`{"host": ..., "port": ...}`) or plain
+/// `host:port` text, as upstream stores them.
+pub(super) fn parse_redis_value(value: &[u8]) -> Result<Target, TokenError> {
+    let bad = |reason: String| TokenError::BadTarget {
+        backend: "TokenRedis",
+        reason,
+    };
+    let text = std::str::from_utf8(value).map_err(|_| bad("the value is not UTF-8".into()))?;
+    let text = text.trim();
+    if text.starts_with('{') {
+        let value: Map<String, Value> =
+            serde_json::from_str(text).map_err(|_| bad("the value is not valid JSON".into()))?;
+        target_from_json(&value).map_err(bad)
+    } else {
+        parse_target(text).map_err(bad)
     }
 }
 
