@@ -175,7 +175,7 @@ impl Decoder {
                     if !self.fill_header(input, pos)? {
                         return Ok(None);
                     }
-                    if let Some(event) = self.finish_empty_frame() {
+                    if let Some(event) = self.finish_empty_frame(*pos) {
                         return Ok(Some(event?));
                     }
                 }
@@ -349,7 +349,9 @@ impl Decoder {
     }
 
     /// A frame with an empty payload is complete as soon as its header is.
-    fn finish_empty_frame(&mut self) -> Option<Result<Event, ProtocolError>> {
+    /// A frame with an empty payload is complete with its header; `pos` is where it ended
+    /// (an empty data event is placed there, like every other data event).
+    fn finish_empty_frame(&mut self, pos: usize) -> Option<Result<Event, ProtocolError>> {
         let State::Payload {
             remaining: 0,
             frame,
@@ -366,8 +368,8 @@ impl Decoder {
                     self.message = None;
                 }
                 Ok(Event::Data {
-                    start: 0,
-                    end: 0,
+                    start: pos,
+                    end: pos,
                     kind,
                     message_end: fin,
                 })
@@ -754,6 +756,37 @@ mod tests {
             assert_eq!(err, None);
             assert_eq!(data, expected);
         }
+    }
+
+    /// Found by fuzzing (fuzz/ frame_binary): an empty data frame was reported at `0..0`
+    /// instead of where it ended in the input.
+    #[test]
+    fn empty_data_frames_are_reported_where_they_end() {
+        let mut input = client_frame(0x82, b"abc", [1, 2, 3, 4]);
+        input.extend(client_frame(0x82, b"", [5, 6, 7, 8]));
+        let mut decoder = Decoder::new();
+        let mut pos = 0;
+        let first = decoder.next(&mut input, &mut pos).expect("valid");
+        assert!(matches!(
+            first,
+            Some(Event::Data {
+                start: 6,
+                end: 9,
+                ..
+            })
+        ));
+        let second = decoder.next(&mut input, &mut pos).expect("valid");
+        assert_eq!(
+            second,
+            Some(Event::Data {
+                start: 15,
+                end: 15,
+                kind: DataKind::Binary,
+                message_end: true
+            })
+        );
+        assert_eq!(pos, 15);
+        assert_eq!(decoder.next(&mut input, &mut pos), Ok(None));
     }
 
     #[test]

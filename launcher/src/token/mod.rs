@@ -338,12 +338,15 @@ pub mod fuzzing {
     use crate::config::Target;
 
     /// One line of a `TokenFile`.
-    pub fn token_line(line: &str) -> Result<Option<(String, Target)>, String> {
+    pub fn token_line(line: &str) -> Result<Option<Entry>, String> {
         super::file::parse_token_line(line)
     }
 
+    /// A token and its target.
+    pub type Entry = (String, Target);
+
     /// A whole `TokenFile`: its entries, and its bad lines as (line number, reason).
-    pub fn token_file(text: &str) -> (Vec<(String, Target)>, Vec<(usize, String)>) {
+    pub fn token_file(text: &str) -> (Vec<Entry>, Vec<(usize, String)>) {
         let (entries, errors) = super::file::parse_token_file(Path::new("fuzz"), text);
         let errors = errors.into_iter().map(|e| (e.line, e.reason)).collect();
         (entries, errors)

@@ -41,8 +41,14 @@ fn check_host(host: &str) -> Result<String, String> {
     if host.is_empty() {
         return Err("the host is empty".into());
     }
-    if host.chars().any(|c| c.is_whitespace() || c == '/') {
-        return Err("the host contains whitespace or '/'".into());
+    // Brackets only ever surround an IPv6 literal, and those are taken off before this check:
+    // a bracket left in the host (`[[::1]:80`, or an IPv6 zone like `%eth0]`) would name a
+    // host that cannot be written back as a target nor resolved.
+    if host
+        .chars()
+        .any(|c| c.is_whitespace() || matches!(c, '/' | '[' | ']'))
+    {
+        return Err("the host contains whitespace, '/', '[' or ']'".into());
     }
     if host.contains(':') {
         let address = host.split('%').next().unwrap_or(host);
@@ -147,5 +153,30 @@ mod tests {
         assert!(target(json!({"host": "h", "port": 65536})).is_err());
         assert!(target(json!({"host": "h", "port": [1]})).is_err());
         assert!(target(json!({"host": "h"})).is_err());
+    }
+
+    /// Found by fuzzing (fuzz/ token_file, token_value): a stray bracket was accepted as part
+    /// of a host, giving targets that could not be written back as text.
+    #[test]
+    fn brackets_inside_a_host_are_refused() {
+        for text in [
+            "[[a]:80",
+            "fe85::1%eth0loc]:5901",
+            "[::1%eth0]x]:5900",
+            "a]b:80",
+            "a[b:80",
+        ] {
+            assert!(parse_target(text).is_err(), "{text} was accepted");
+        }
+        let object = json!({"host": "[a", "port": 5});
+        assert!(target_from_json(object.as_object().expect("object")).is_err());
+        assert_eq!(
+            parse_target("[fe80::1%eth0]:5900"),
+            Ok(tcp("fe80::1%eth0", 5900))
+        );
+        assert_eq!(
+            parse_target("fe80::1%eth0:5900"),
+            Ok(tcp("fe80::1%eth0", 5900))
+        );
     }
 }
