@@ -2,8 +2,8 @@
 //! paused, so the close linger costs nothing), the fuzz input as what the client sends.
 //!
 //! Two halves, picked by the first byte:
-//! - any bytes from the client (some as bytes that came with the handshake), in base64 mode
-//!   or binary mode: no panic, the session ends, the target gets exactly the bytes the
+//! - any bytes from the client (some as bytes that came with the handshake), in base64,
+//!   binary, `--subprotocol` or Hixie mode: no panic, the session ends, the target gets exactly the bytes the
 //!   outcome counts and never more than the client sent.
 //! - a round trip: data built from the input goes to the client as base64 text messages cut
 //!   into fragments at any point, with whitespace and with or without padding (and some
@@ -81,12 +81,13 @@ async fn relay(
 }
 
 async fn any_bytes(choice: u8, input: &[u8]) {
-    let mode = if choice & 2 == 0 {
-        Mode::Base64
-    } else {
-        Mode::Binary
+    let mode = match choice >> 1 & 3 {
+        0 => Mode::Base64,
+        1 => Mode::Binary,
+        2 => Mode::Other,
+        _ => Mode::Hixie,
     };
-    let split = usize::from(choice >> 2).min(input.len());
+    let split = usize::from(choice >> 3).min(input.len());
     let initial = Bytes::copy_from_slice(&input[..split]);
     let later = input[split..].to_vec();
     let (client_app, client_side) = tokio::io::duplex(4096);

@@ -1,6 +1,7 @@
 //! The first request head of a connection (`http::read_head`) and what is decided from it
-//! without I/O: is it an upgrade, is the handshake valid (`handshake::accept`), the client
-//! named by `Forwarded`/`X-Forwarded-For`, the token from the query or `Host`.
+//! without I/O: is the handshake valid (`handshake::accept`, and the Hixie-75/76 drafts'
+//! `hixie::accept` with the 101 built from the request), the client named by
+//! `Forwarded`/`X-Forwarded-For`, the token from the query, `Host`, a cookie or the path.
 //!
 //! Invariants: no panic; the head is a prefix of what was sent, within the size and field
 //! limits; an accepted handshake has a 16-byte key, a 28-character accept key and a mode that
@@ -14,8 +15,10 @@ use base64::engine::general_purpose::STANDARD;
 use hyper::header::{HeaderValue, SEC_WEBSOCKET_KEY};
 use libfuzzer_sys::fuzz_target;
 use websockify::handshake;
+use websockify::hixie;
 use websockify::http::{self, HeadError, MAX_HEAD, MAX_HEADERS};
 use websockify::relay::Mode;
+use websockify::token::TokenSource;
 
 thread_local! {
     static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
@@ -59,8 +62,9 @@ async fn check(data: &[u8]) {
     let headers = request.headers();
     assert!(headers.len() <= MAX_HEADERS);
 
-    let upgrade = handshake::is_upgrade(request.method(), headers);
-    match handshake::accept(request.version(), headers) {
+    // One `--subprotocol` name besides binary and base64.
+    let extra = ["sip".to_owned()];
+    match handshake::accept(request.version(), headers, &extra) {
         Ok(accept) => {
             let key = headers
                 .get(SEC_WEBSOCKET_KEY)
@@ -71,24 +75,56 @@ async fn check(data: &[u8]) {
             assert_eq!(accept.accept_key, handshake::accept_key(key));
             assert_eq!(accept.accept_key.len(), 28);
             assert!(HeaderValue::from_str(&accept.accept_key).is_ok());
-            match accept.protocol {
+            assert!(accept.hixie.is_none());
+            match accept.protocol.as_deref() {
                 Some("binary") | None => assert_eq!(accept.mode, Mode::Binary),
                 Some("base64") => assert_eq!(accept.mode, Mode::Base64),
-                Some(other) => panic!("unknown subprotocol {other} chosen"),
+                Some("sip") => assert_eq!(accept.mode, Mode::Other),
+                Some(other) => panic!("subprotocol {other} chosen, never offered by us"),
             }
         }
         Err(err) => {
             assert!(!err.to_string().is_empty());
         }
     }
-    let _ = upgrade;
+    // The Hixie-75/76 drafts (`--hixie`), for upgrades that look like them.
+    if handshake::is_upgrade(request.method(), headers)
+        && let Some(draft) = hixie::detect(headers)
+        && let Ok(hixie) = hixie::accept(draft, request.version(), request.uri(), headers)
+    {
+        let response = hixie.response(false, Some(&[7u8; hixie::KEY3_LEN]));
+        assert!(response.starts_with(b"HTTP/1.1 101 "));
+        let head_end = response
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("the 101 head ends");
+        // Nothing from the request splits a header line of the response.
+        let head = &response[..head_end];
+        assert!(
+            head.windows(2)
+                .enumerate()
+                .all(|(i, w)| w != b"\r\n" || !head[i + 2..].starts_with(b"\r\n")),
+            "an empty line inside the 101 head"
+        );
+        assert!(!head.iter().any(|&b| b == 0));
+        if hixie.keys.is_some() {
+            assert_eq!(
+                response.len() - head_end - 4,
+                16,
+                "the -76 challenge answer"
+            );
+        }
+    }
     if let Some(client) = websockify::client::forwarded_client(headers) {
         let _ = client.socket_addr();
     }
-    for host_token in [false, true] {
-        if let Some(token) =
-            websockify::token::token_from_request(request.uri(), headers, host_token)
-        {
+    for source in [
+        TokenSource::Query,
+        TokenSource::Host,
+        TokenSource::Cookie("token"),
+        TokenSource::Path,
+    ] {
+        if let Some(token) = websockify::token::token_from_request(request.uri(), headers, source) {
             assert!(!token.is_empty(), "an empty token");
         }
     }
