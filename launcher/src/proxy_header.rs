@@ -95,11 +95,39 @@ pub enum Parsed {
 
 /// Parses a PROXY header (v1 or v2) at the start of `input`.
 pub fn parse(input: &[u8]) -> Result<Parsed, ProxyHeaderError> {
+    // A v1 header ends at its first CRLF, within 107 bytes. ppp also takes a bare LF at the
+    // end of what arrived so far (`PROXY UNKNOWN x \n`), which made the header's length
+    // depend on how the bytes were cut into reads: so the line is cut here first.
+    let mut v1_len = None;
+    let input = if input.starts_with(b"PROXY") {
+        match input.windows(2).position(|w| w == b"\r\n") {
+            Some(end) if end + 2 <= V1_MAX_HEADER => {
+                v1_len = Some(end + 2);
+                &input[..end + 2]
+            }
+            Some(_) => return Err(v1_too_long()),
+            None if input.len() >= V1_MAX_HEADER => return Err(v1_too_long()),
+            None => return Ok(Parsed::Incomplete),
+        }
+    } else {
+        input
+    };
     let result = HeaderResult::parse(input);
     if result.is_incomplete() {
-        return Ok(Parsed::Incomplete);
+        // The whole v1 line is here: what ppp still finds incomplete is malformed.
+        return match v1_len {
+            Some(_) => Err(ProxyHeaderError::Invalid(
+                "a v1 header line that is cut short".into(),
+            )),
+            None => Ok(Parsed::Incomplete),
+        };
     }
     match result {
+        HeaderResult::V1(Ok(header)) if v1_len.is_some_and(|len| len != header.header.len()) => {
+            Err(ProxyHeaderError::Invalid(
+                "a carriage return inside the v1 header line".into(),
+            ))
+        }
         HeaderResult::V1(Ok(header)) => {
             let source = match header.addresses {
                 v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
@@ -130,6 +158,15 @@ pub fn parse(input: &[u8]) -> Result<Parsed, ProxyHeaderError> {
         HeaderResult::V1(Err(err)) => Err(ProxyHeaderError::Invalid(err.to_string())),
         HeaderResult::V2(Err(err)) => Err(ProxyHeaderError::Invalid(err.to_string())),
     }
+}
+
+/// Longest v1 header, CRLF included (the PROXY protocol specification, section 2.1).
+const V1_MAX_HEADER: usize = 107;
+
+fn v1_too_long() -> ProxyHeaderError {
+    ProxyHeaderError::Invalid(format!(
+        "no CRLF within the first {V1_MAX_HEADER} bytes of a v1 header"
+    ))
 }
 
 /// The header that tells the target who the client is: `addresses` are the real client and
@@ -243,6 +280,44 @@ mod tests {
                 source: None
             }
         );
+    }
+
+    /// Found by fuzzing (fuzz/ proxy_header): ppp took `PROXY UNKNOWN 2.1 \n` (a bare LF at
+    /// the end of the bytes so far) as a complete header, and the same bytes followed by a
+    /// request line as a longer one. A v1 header now ends at its first CRLF only.
+    #[test]
+    fn a_v1_header_ends_at_its_first_crlf_whatever_follows() {
+        assert_eq!(
+            parse(b"PROXY UNKNOWN 2.1 \n").ok(),
+            Some(Parsed::Incomplete)
+        );
+        let text = b"PROXY UNKNOWN 2.1 \nGET / HTTP/1.1\r\n";
+        assert_eq!(
+            parse(text).ok(),
+            Some(Parsed::Complete {
+                len: text.len(),
+                source: None
+            })
+        );
+        let header = b"PROXY TCP4 192.0.2.1 198.51.100.2 56324 443\r\n";
+        for cut in 0..header.len() {
+            assert_eq!(
+                parse(&header[..cut]).ok(),
+                Some(Parsed::Incomplete),
+                "{cut} bytes"
+            );
+        }
+        let mut more = header.to_vec();
+        more.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(
+            parse(&more).ok(),
+            Some(Parsed::Complete {
+                len: header.len(),
+                source: Some(addr("192.0.2.1:56324"))
+            })
+        );
+        assert!(parse(b"PROXY UNKNOWN a\rb\r\n").is_err());
+        assert!(parse(&[b"PROXY UNKNOWN ".as_slice(), &[b'x'; 100]].concat()).is_err());
     }
 
     #[test]
