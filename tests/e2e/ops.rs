@@ -10,7 +10,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd as _, OwnedFd};
 use std::os::unix::fs::{
     FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _,
 };
@@ -34,36 +34,6 @@ fn start(args: &[&str]) -> (ChildGuard, String) {
     let child = spawn_websockify(args);
     let line = block(|| child.wait_for_line("listening on"));
     (child, line)
-}
-
-/// Waits (bounded) until `pid`, which need not be our child, has exited: a pidfd becomes
-/// readable then. The process may remain as a zombie until its parent reaps it.
-async fn gone(pid: i32) {
-    // nix (0.31) has no pidfd_open: the one system call made directly.
-    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        let err = io::Error::last_os_error();
-        assert_eq!(
-            err.raw_os_error(),
-            Some(nix::errno::Errno::ESRCH as i32),
-            "pidfd_open({pid})"
-        );
-        return; // already reaped
-    }
-    let fd = i32::try_from(fd).expect("fd");
-    // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: the AsyncFd owns the descriptor, which stays open and the same until it drops.
-    let fd = unsafe {
-        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
-    }
-    .map_err(io::Error::from)
-    .expect("register the pidfd");
-    let _ready = within("the process exits", fd.readable())
-        .await
-        .expect("poll the pidfd");
-    assert!(!alive(pid), "process {pid} is still running");
 }
 
 /// Sends `signal` to a process that is not our child (or, with a negative pid, to a group).

@@ -693,6 +693,36 @@ pub fn proc_stat(pid: i32) -> Option<ProcStat> {
     })
 }
 
+/// Waits (bounded) until `pid`, which need not be our child, has exited: a pidfd becomes
+/// readable then. The process may remain as a zombie until its parent reaps it.
+pub async fn gone(pid: i32) {
+    // nix (0.31) has no pidfd_open: the one system call made directly.
+    // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(nix::errno::Errno::ESRCH as i32),
+            "pidfd_open({pid})"
+        );
+        return; // already reaped
+    }
+    let fd = i32::try_from(fd).expect("fd");
+    // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: the AsyncFd owns the descriptor, which stays open and the same until it drops.
+    let fd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }
+    .map_err(std::io::Error::from)
+    .expect("register the pidfd");
+    let _ready = within("the process exits", fd.readable())
+        .await
+        .expect("poll the pidfd");
+    assert!(!alive(pid), "process {pid} is still running");
+}
+
 /// Whether `pid` is a live process (neither gone nor a zombie waiting to be reaped).
 pub fn alive(pid: i32) -> bool {
     proc_stat(pid).is_some_and(|stat| stat.state != 'Z' && stat.state != 'X')
