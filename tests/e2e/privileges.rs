@@ -5,13 +5,12 @@ use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 
 use crate::util::{
-    ChildGuard, STEP, Signal, client_frame, echo_server, listening_addr, pass_fd, raw_upgrade,
-    read_frame, run_websockify, skip_or_fail, spawn_websockify, within,
+    ChildGuard, Signal, client_frame, echo_server, gone_blocking, listening_addr, pass_fd,
+    raw_upgrade, read_frame, run_websockify, skip_or_fail, spawn_websockify, within,
 };
 
 fn is_root() -> bool {
@@ -230,9 +229,6 @@ impl Drop for DaemonGuard {
     fn drop(&mut self) {
         // The daemon this test started (from its pid file).
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0), Signal::SIGKILL);
-        let deadline = Instant::now() + STEP;
-        while Path::new(&format!("/proc/{}", self.0)).exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        gone_blocking(self.0);
     }
 }

@@ -693,9 +693,9 @@ pub fn proc_stat(pid: i32) -> Option<ProcStat> {
     })
 }
 
-/// Waits (bounded) until `pid`, which need not be our child, has exited: a pidfd becomes
-/// readable then. The process may remain as a zombie until its parent reaps it.
-pub async fn gone(pid: i32) {
+/// A pidfd for `pid`, which need not be our child: it becomes readable when the process
+/// exits. None when the process is already gone (reaped).
+fn pidfd(pid: i32) -> Option<std::os::fd::OwnedFd> {
     // nix (0.31) has no pidfd_open: the one system call made directly.
     // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -706,11 +706,17 @@ pub async fn gone(pid: i32) {
             Some(nix::errno::Errno::ESRCH as i32),
             "pidfd_open({pid})"
         );
-        return; // already reaped
+        return None;
     }
     let fd = i32::try_from(fd).expect("fd");
     // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
-    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    Some(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Waits (bounded) until `pid`, which need not be our child, has exited: a pidfd becomes
+/// readable then. The process may remain as a zombie until its parent reaps it.
+pub async fn gone(pid: i32) {
+    let Some(fd) = pidfd(pid) else { return };
     // SAFETY: the AsyncFd owns the descriptor, which stays open and the same until it drops.
     let fd = unsafe {
         tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
@@ -721,6 +727,17 @@ pub async fn gone(pid: i32) {
         .await
         .expect("poll the pidfd");
     assert!(!alive(pid), "process {pid} is still running");
+}
+
+/// [`gone`] outside async code (a `Drop`): waits at most [`STEP`] for `pid` to exit; never
+/// panics, so it is safe during unwinding.
+pub fn gone_blocking(pid: i32) {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd as _;
+    let Some(fd) = pidfd(pid) else { return };
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(STEP).unwrap_or(PollTimeout::MAX);
+    let _ = poll(&mut fds, timeout);
 }
 
 /// Whether `pid` is a live process (neither gone nor a zombie waiting to be reaped).
