@@ -50,7 +50,7 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
         /// Peers to run, comma-separated: direct, relay, bare, ours, upstream, websocat, and
-        /// (only when named) ours-metrics, ours-pp, ours-copy (the relay is always added: it is the
+        /// (only when named) ours-metrics, ours-pp (the relay is always added: it is the
         /// baseline of every ratio).
         #[arg(long)]
         peers: Option<String>,

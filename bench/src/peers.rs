@@ -59,8 +59,6 @@ pub enum Peer {
     OursMetrics,
     /// Ours with `--proxy-protocol` (the client sends a PROXY v2 header first).
     OursProxyProtocol,
-    /// Ours with `--no-splice` (target data copied through user space, no zero-copy).
-    OursCopy,
 }
 
 pub const ALL: [Peer; 6] = [
@@ -83,7 +81,6 @@ impl Peer {
             Peer::Websocat => "websocat",
             Peer::OursMetrics => "ours-metrics",
             Peer::OursProxyProtocol => "ours-pp",
-            Peer::OursCopy => "ours-copy",
         }
     }
     pub fn title(self) -> &'static str {
@@ -96,12 +93,11 @@ impl Peer {
             Peer::Websocat => "websocat",
             Peer::OursMetrics => "ours + --metrics-listen",
             Peer::OursProxyProtocol => "ours + --proxy-protocol",
-            Peer::OursCopy => "ours + --no-splice",
         }
     }
     pub fn from_id(s: &str) -> Option<Peer> {
         ALL.into_iter()
-            .chain([Peer::OursMetrics, Peer::OursProxyProtocol, Peer::OursCopy])
+            .chain([Peer::OursMetrics, Peer::OursProxyProtocol])
             .find(|p| p.id() == s)
     }
     /// Whether the client speaks raw TCP (no WebSocket) through it.
@@ -116,7 +112,7 @@ impl Peer {
     pub fn is_ours(self) -> bool {
         matches!(
             self,
-            Peer::Ours | Peer::OursMetrics | Peer::OursProxyProtocol | Peer::OursCopy
+            Peer::Ours | Peer::OursMetrics | Peer::OursProxyProtocol
         )
     }
     /// Whether the client speaks to a WebSocket target through it (baselines) rather than
@@ -357,7 +353,7 @@ pub fn start(
             c.stdin(Stdio::piped());
             c
         }
-        Peer::Ours | Peer::OursMetrics | Peer::OursProxyProtocol | Peer::OursCopy => {
+        Peer::Ours | Peer::OursMetrics | Peer::OursProxyProtocol => {
             let mut c = if let Some((first, rest)) = cmds.ours_prefix.split_first() {
                 let mut c = Command::new(first);
                 c.args(rest).arg(&cmds.ours);
@@ -372,9 +368,6 @@ pub fn start(
                 }
                 Peer::OursProxyProtocol => {
                     c.arg("--proxy-protocol");
-                }
-                Peer::OursCopy => {
-                    c.arg("--no-splice");
                 }
                 _ => {}
             }

@@ -624,8 +624,8 @@ fn floors_table(results: &[CaseResult]) -> String {
 /// Our websockify with an option on, over the same without it.
 fn options_table(results: &[CaseResult]) -> String {
     let mut s = String::from(
-        "| run | ours | + --metrics-listen | ratio | + --proxy-protocol (PROXY v2 header) | ratio | + --no-splice (copy down) | ratio |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| run | ours | + --metrics-listen | ratio | + --proxy-protocol (PROXY v2 header) | ratio |\n\
+         |---|---:|---:|---:|---:|---:|\n",
     );
     let mut any = false;
     for (c, key, label) in [
@@ -639,7 +639,6 @@ fn options_table(results: &[CaseResult]) -> String {
         };
         if cr.median(Peer::OursMetrics, key).is_none()
             && cr.median(Peer::OursProxyProtocol, key).is_none()
-            && cr.median(Peer::OursCopy, key).is_none()
         {
             continue;
         }
@@ -651,14 +650,12 @@ fn options_table(results: &[CaseResult]) -> String {
         };
         let _ = writeln!(
             s,
-            "| {label} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} |",
             v(Peer::Ours),
             v(Peer::OursMetrics),
             r(Peer::OursMetrics),
             v(Peer::OursProxyProtocol),
-            r(Peer::OursProxyProtocol),
-            v(Peer::OursCopy),
-            r(Peer::OursCopy)
+            r(Peer::OursProxyProtocol)
         );
     }
     if any { s } else { String::new() }
@@ -759,11 +756,10 @@ pub const METHOD: &str = "\
   or masking is charged to anyone. The floor that any copying proxy stands on; run for
   throughput, round trip, connection rate and the reverse direction, and shown beside the relay
   in *Ours against both floors*.
-- **ours + --metrics-listen**, **ours + --proxy-protocol**, **ours + --no-splice** (run only
-  when named in `--peers`, e.g. `--peers ours,ours-metrics,ours-pp,ours-copy`): our websockify
-  with that option; with `--proxy-protocol` the client sends a PROXY v2 header before its
-  handshake; `--no-splice` copies target data through user space instead of `splice(2)`.
-  *Options on vs off* gives each over plain ours.
+- **ours + --metrics-listen**, **ours + --proxy-protocol** (run only when named in `--peers`,
+  e.g. `--peers ours,ours-metrics,ours-pp`): our websockify with that option; with
+  `--proxy-protocol` the client sends a PROXY v2 header before its handshake. *Options on vs
+  off* gives each over plain ours.
 - **websockify (Rust, ours)**, **websockify (Python)**, **websocat** (`--binary -E ws-l: tcp:`):
   the client speaks WebSocket to the proxy, the proxy speaks plain TCP to the bench's TCP target
   (echo, sink, source or never-read). These do the WebSocket work (unmasking, framing) that the

@@ -674,7 +674,7 @@ pub fn parse_peers(s: &str) -> Result<Vec<Peer>> {
             Peer::from_id(p).with_context(|| {
                 format!(
                     "unknown peer {p:?} (direct, relay, bare, ours, upstream, websocat, \
-                     ours-metrics, ours-pp, ours-copy)"
+                     ours-metrics, ours-pp)"
                 )
             })
         })

@@ -55,7 +55,6 @@ fn options() -> RelayOptions {
         linger: Duration::from_secs(2),
         shutdown: CancellationToken::new(),
         traffic: false,
-        splice: true,
     }
 }
 

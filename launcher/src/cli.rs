@@ -306,10 +306,6 @@ struct LifeArgs {
     /// Accepted for compatibility with Python websockify's SocketServer engine
     #[arg(long)]
     libserver: bool,
-    /// Copy target data through user space even where splice(2) could move it between two
-    /// plain sockets during bulk transfers (zero-copy; on by default)
-    #[arg(long)]
-    no_splice: bool,
 }
 
 #[derive(Args, Debug)]
@@ -894,7 +890,6 @@ fn build(cli: Cli, wrap: bool) -> Result<Settings, UsageError> {
     config.ssl_target = t.ssl_target || target_tls != TargetTlsSettings::default();
     config.target_tls = target_tls;
     config.heartbeat = secs(life.heartbeat);
-    config.splice = !life.no_splice;
     config.run_once = life.run_once;
     config.timeout = secs(life.timeout);
     config.idle_timeout = secs(life.idle_timeout);

@@ -106,9 +106,6 @@ pub struct Config {
     pub record: Option<PathBuf>,
     /// Print per-frame traffic tokens to stdout (`--traffic`).
     pub traffic: bool,
-    /// Relay bulk target data with splice(2) where both sides are plain sockets (off with
-    /// `--no-splice`).
-    pub splice: bool,
     /// Serve static files (`--web`, `--file-only`).
     pub web: Option<WebSettings>,
     /// Run the auth check for static files too (`--web-auth`).
@@ -282,7 +279,6 @@ impl Config {
             metrics_listen: None,
             record: None,
             traffic: false,
-            splice: true,
             web: None,
             web_auth: false,
             auth: AuthSettings::default(),

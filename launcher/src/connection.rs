@@ -215,7 +215,6 @@ pub async fn handle(
         linger: std::time::Duration::from_secs(2),
         shutdown: shared.close_sessions.clone(),
         traffic: config.traffic,
-        splice: config.splice,
     };
     let outcome = relay::run(
         &mut client,

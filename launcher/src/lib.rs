@@ -69,7 +69,6 @@ pub mod response;
 pub mod secrets;
 pub mod server;
 pub mod sniff;
-pub mod splice;
 pub mod state;
 pub mod stream;
 pub mod target;

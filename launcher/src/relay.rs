@@ -9,10 +9,7 @@
 //! [`Buf`](crate::buffer::Buf) of 64 KiB (two in base64 mode) and reads again only after
 //! everything it read has been written: a side that stops reading stops the other side's
 //! reads (backpressure), and memory stays bounded whatever the peers do. Buffers go back to
-//! the pool whenever a read finds nothing, so an idle connection holds none. During bulk
-//! transfers between plain sockets the down direction moves the target's bytes through a
-//! pooled pipe with `splice(2)` instead ([`ZeroCopy`], [`crate::splice`]); the pipe then is
-//! that direction's one buffer, lent and returned by the same rules.
+//! the pool whenever a read finds nothing, so an idle connection holds none.
 //!
 //! # Phases
 //!
@@ -66,7 +63,6 @@ use crate::frame::{
 };
 use crate::hixie;
 use crate::record::{self, Recording, Token};
-use crate::splice::{Pipe, SpliceIo};
 
 /// How payloads travel in WebSocket frames (chosen by the subprotocol).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,10 +145,6 @@ pub struct RelayOptions {
     pub shutdown: CancellationToken,
     /// Print upstream's per-frame traffic tokens to stdout (`--traffic`).
     pub traffic: bool,
-    /// Move target data to the client with `splice(2)` during bulk transfers, where both
-    /// sides are plain sockets and nothing needs the bytes in user space (off with
-    /// `--no-splice`).
-    pub splice: bool,
 }
 
 /// Why a session ended.
@@ -221,8 +213,6 @@ pub struct Outcome {
     pub bytes_to_target: u64,
     /// Payload bytes read from the target and sent to the client.
     pub bytes_to_client: u64,
-    /// How many of those went through a pipe with `splice(2)`, never copied to user space.
-    pub bytes_spliced: u64,
 }
 
 /// Sends a single close frame (used when the target cannot be reached after the 101).
@@ -249,19 +239,10 @@ pub async fn run<C, T>(
     options: &RelayOptions,
 ) -> Outcome
 where
-    C: AsyncRead + AsyncWrite + SpliceIo + Unpin,
-    T: AsyncRead + AsyncWrite + SpliceIo + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
 {
-    let zero_copy = options.splice
-        && recording.is_none()
-        && !options.traffic
-        && matches!(mode, Mode::Binary | Mode::Other)
-        && client.can_splice()
-        && target.can_splice();
     let mut relay = Relay::new(client, target, mode, initial);
-    if zero_copy {
-        relay.down.zero_copy = Some(ZeroCopy::new());
-    }
     relay.recording = recording;
     relay.traffic = options.traffic;
     // Hixie clients have no ping.
@@ -370,91 +351,6 @@ struct Down {
     started: bool,
     /// Bytes were written to the client since its last flush.
     unflushed: bool,
-    /// The splice path, for sessions that can take it (see [`crate::splice`]).
-    zero_copy: Option<ZeroCopy>,
-}
-
-impl Down {
-    /// Whether framed target data waits to be written to the client.
-    fn pending(&self) -> bool {
-        self.start < self.end || self.zero_copy.as_ref().is_some_and(ZeroCopy::pending)
-    }
-
-    /// Nothing pending in this direction and nothing to read: buffers and the (empty) pipe
-    /// go back to their pools while idle.
-    fn release_idle(&mut self) {
-        self.buf = None;
-        self.raw = None;
-        if let Some(zero_copy) = &mut self.zero_copy
-            && zero_copy.piped == 0
-            && let Some(pipe) = zero_copy.pipe.take()
-        {
-            pipe.give_back();
-        }
-    }
-
-    /// Drops framed target data the client has not started to get.
-    fn drop_unstarted(&mut self) {
-        if !self.started {
-            self.start = self.end;
-            if let Some(zero_copy) = &mut self.zero_copy {
-                zero_copy.discard();
-            }
-        }
-    }
-}
-
-/// Splices of fewer bytes than this end a bulk transfer (back to reads into a buffer, which
-/// cost one system call less per frame for small messages).
-const BULK_MIN: usize = BUF_SIZE / 4;
-
-/// Target -> client through a pipe: the frame header is written by us, the payload moves
-/// from the target socket to the pipe and from the pipe to the client socket in the kernel.
-///
-/// Taken only during bulk transfers: a read that fills a whole buffer starts one, a splice
-/// of less than [`BULK_MIN`] ends it. The pipe is held only while bytes flow.
-struct ZeroCopy {
-    pipe: Option<Pipe>,
-    /// Payload bytes of the current frame still in the pipe.
-    piped: usize,
-    /// The current frame's header; `header[head..]` is still to be written.
-    header: [u8; MAX_SERVER_HEADER],
-    head: usize,
-    bulk: bool,
-}
-
-impl ZeroCopy {
-    fn new() -> Self {
-        ZeroCopy {
-            pipe: None,
-            piped: 0,
-            header: [0; MAX_SERVER_HEADER],
-            head: MAX_SERVER_HEADER,
-            bulk: false,
-        }
-    }
-
-    fn pending(&self) -> bool {
-        self.piped > 0 || self.head < MAX_SERVER_HEADER
-    }
-
-    /// Forgets the current frame; the pipe, which may hold its bytes, is closed.
-    fn discard(&mut self) {
-        self.pipe = None;
-        self.piped = 0;
-        self.head = MAX_SERVER_HEADER;
-    }
-}
-
-impl Drop for ZeroCopy {
-    fn drop(&mut self) {
-        // Only an empty pipe goes back to the pool.
-        if let Some(pipe) = self.pipe.take()
-            && self.piped == 0
-        {
-            pipe.give_back();
-        }
-    }
 }
 
 /// Client -> target: client payload waiting to be written, and the phase.
@@ -502,7 +398,6 @@ struct Relay<'a, C, T> {
     reason: Option<CloseReason>,
     bytes_to_target: u64,
     bytes_to_client: u64,
-    bytes_spliced: u64,
     /// `--record`: this session's recording.
     recording: Option<Recording>,
     /// `--traffic`: print frame tokens.
@@ -517,8 +412,8 @@ const BUDGET: usize = 64;
 
 impl<'a, C, T> Relay<'a, C, T>
 where
-    C: AsyncRead + AsyncWrite + SpliceIo + Unpin,
-    T: AsyncRead + AsyncWrite + SpliceIo + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
 {
     fn new(client: &'a mut C, target: &'a mut T, mode: Mode, initial: Bytes) -> Self {
         Relay {
@@ -549,7 +444,6 @@ where
                 end: 0,
                 started: false,
                 unflushed: false,
-                zero_copy: None,
             },
             control: Control {
                 writing: None,
@@ -560,7 +454,6 @@ where
             reason: None,
             bytes_to_target: 0,
             bytes_to_client: 0,
-            bytes_spliced: 0,
             recording: None,
             traffic: false,
         }
@@ -656,33 +549,6 @@ where
                 Poll::Ready(Err(err)) => Err(err),
                 Poll::Pending => return false,
             }
-        } else if let Some(zero_copy) = self.down.zero_copy.as_mut().filter(|z| z.pending()) {
-            let written = if zero_copy.head < MAX_SERVER_HEADER {
-                self.client
-                    .poll_send_more(cx, &zero_copy.header[zero_copy.head..])
-                    .map_ok(|n| {
-                        zero_copy.head += n;
-                        n
-                    })
-            } else if let Some(pipe) = &zero_copy.pipe {
-                self.client
-                    .poll_splice_into(cx, pipe, zero_copy.piped)
-                    .map_ok(|n| {
-                        zero_copy.piped -= n.min(zero_copy.piped);
-                        n
-                    })
-            } else {
-                // Bytes counted in a pipe that is gone: a bug; end rather than spin.
-                Poll::Ready(Err(io::Error::other("spliced data lost its pipe")))
-            };
-            match written {
-                Poll::Ready(Ok(n)) => {
-                    self.down.started = zero_copy.pending();
-                    Ok(n)
-                }
-                Poll::Ready(Err(err)) => Err(err),
-                Poll::Pending => return false,
-            }
         } else if self.down.start < self.down.end {
             let buf = self.down.buf.as_deref().unwrap_or(&[]);
             match Pin::new(&mut *self.client).poll_write(cx, &buf[self.down.start..self.down.end]) {
@@ -750,7 +616,7 @@ where
         if std::mem::take(&mut self.control.ping_due) {
             return Some(ControlFrame::ping(&[]));
         }
-        if !self.down.pending()
+        if self.down.start == self.down.end
             && let Downstream::Closing(close) = self.down.phase
         {
             self.down.phase = Downstream::Sending;
@@ -826,11 +692,8 @@ where
 
     /// Reads the target and frames what it read. Returns true on progress.
     fn step_target_read(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.down.phase.is_open() || self.down.pending() {
+        if !self.down.phase.is_open() || self.down.start < self.down.end {
             return false;
-        }
-        if self.down.zero_copy.as_ref().is_some_and(|z| z.bulk) {
-            return self.splice_target(cx);
         }
         let limit = match self.mode {
             Mode::Binary | Mode::Other => BUF_SIZE,
@@ -848,7 +711,9 @@ where
                 Poll::Ready(Ok(())) => Ok(read_buf.filled().len()),
                 Poll::Ready(Err(err)) => Err(err),
                 Poll::Pending => {
-                    self.down.release_idle();
+                    // Nothing pending in this direction: give the buffers back while idle.
+                    self.down.buf = None;
+                    self.down.raw = None;
                     return false;
                 }
             }
@@ -861,69 +726,13 @@ where
                     CloseReason::TargetClosed,
                 );
             }
-            Ok(n) => {
-                if let Some(zero_copy) = &mut self.down.zero_copy {
-                    zero_copy.bulk = n == limit;
-                }
-                self.target_data(n)
-            }
+            Ok(n) => self.target_data(n),
             Err(err) => {
                 self.begin_close(
                     close_code::INTERNAL,
                     "Target connection failed",
                     CloseReason::TargetError(err),
                 );
-            }
-        }
-        true
-    }
-
-    /// The splice path of [`Self::step_target_read`]: moves what the target has into a pipe
-    /// and frames it. Returns true on progress.
-    fn splice_target(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(zero_copy) = self.down.zero_copy.as_mut() else {
-            return false;
-        };
-        let pipe = match zero_copy.pipe.take().map_or_else(Pipe::take, Ok) {
-            Ok(pipe) => zero_copy.pipe.insert(pipe),
-            Err(err) => {
-                // Out of descriptors, say: this session copies through user space instead.
-                tracing::debug!("splice off for this session: no pipe: {err}");
-                self.down.zero_copy = None;
-                return true;
-            }
-        };
-        match self.target.poll_splice_from(cx, pipe, BUF_SIZE) {
-            Poll::Ready(Ok(0)) => {
-                self.begin_close(
-                    close_code::NORMAL,
-                    "Target closed",
-                    CloseReason::TargetClosed,
-                );
-            }
-            Poll::Ready(Ok(n)) => {
-                let header_len = frame::write_header(
-                    &mut zero_copy.header,
-                    frame::data_opcode(DataKind::Binary),
-                    n,
-                );
-                zero_copy.head = MAX_SERVER_HEADER - header_len;
-                zero_copy.piped = n;
-                zero_copy.bulk = n >= BULK_MIN;
-                self.down.started = false;
-                self.bytes_to_client += n as u64;
-                self.bytes_spliced += n as u64;
-            }
-            Poll::Ready(Err(err)) => {
-                self.begin_close(
-                    close_code::INTERNAL,
-                    "Target connection failed",
-                    CloseReason::TargetError(err),
-                );
-            }
-            Poll::Pending => {
-                self.down.release_idle();
-                return false;
             }
         }
         true
@@ -1216,7 +1025,9 @@ where
     /// reply.
     fn protocol_error(&mut self, err: ProtocolError) {
         self.up.phase = Upstream::Draining;
-        self.down.drop_unstarted();
+        if !self.down.started {
+            self.down.start = self.down.end;
+        }
         self.begin_close(err.code, err.reason, CloseReason::Protocol(err));
     }
 
@@ -1231,7 +1042,6 @@ where
             reason: self.reason.unwrap_or(CloseReason::ClientGone),
             bytes_to_target: self.bytes_to_target,
             bytes_to_client: self.bytes_to_client,
-            bytes_spliced: self.bytes_spliced,
         }
     }
 }

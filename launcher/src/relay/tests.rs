@@ -82,7 +82,6 @@ impl Setup {
             linger: LINGER,
             shutdown: shutdown.clone(),
             traffic: false,
-            splice: true,
         };
         let relay = tokio::spawn(async move {
             run(
@@ -149,7 +148,7 @@ impl Frame {
 }
 
 /// Reads one server frame (servers never mask).
-async fn read_frame(client: &mut (impl tokio::io::AsyncRead + Unpin)) -> Frame {
+async fn read_frame(client: &mut DuplexStream) -> Frame {
     let mut head = [0u8; 2];
     client
         .read_exact(&mut head)
@@ -176,10 +175,7 @@ async fn read_frame(client: &mut (impl tokio::io::AsyncRead + Unpin)) -> Frame {
 
 /// Reads data frames until the close frame: returns the data (base64 decoded frame by frame
 /// in base64 mode) and the close frame.
-async fn read_until_close(
-    client: &mut (impl tokio::io::AsyncRead + Unpin),
-    mode: Mode,
-) -> (Vec<u8>, Frame) {
+async fn read_until_close(client: &mut DuplexStream, mode: Mode) -> (Vec<u8>, Frame) {
     let mut data = Vec::new();
     loop {
         let frame = read_frame(client).await;
@@ -864,8 +860,6 @@ async fn answered_pings_keep_the_session_open() {
 /// A target whose reads fail (a reset connection) and whose writes are swallowed.
 struct FailingTarget;
 
-impl crate::splice::SpliceIo for FailingTarget {}
-
 impl tokio::io::AsyncRead for FailingTarget {
     fn poll_read(
         self: std::pin::Pin<&mut Self>,
@@ -906,7 +900,6 @@ async fn a_target_error_sends_1011_and_the_linger_ends_a_silent_client() {
         linger: LINGER,
         shutdown: CancellationToken::new(),
         traffic: false,
-        splice: true,
     };
     let relay = tokio::spawn(async move {
         let mut target = FailingTarget;
@@ -1018,157 +1011,4 @@ async fn hixie_mode_has_backpressure_and_frames_target_data_in_base64() {
         outcome(relay).await.reason,
         CloseReason::TargetClosed
     ));
-}
-
-// splice(2): real loopback sockets (in-memory streams cannot splice), on the real clock.
-
-/// Bounds one step on the real clock.
-async fn within_real<F: Future>(step: &str, fut: F) -> F::Output {
-    match tokio::time::timeout(Duration::from_secs(30), fut).await {
-        Ok(out) => out,
-        Err(_) => panic!("timed out: {step}"),
-    }
-}
-
-/// A connected pair of loopback TCP sockets: (ours, the relay's).
-async fn tcp_pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (ours, theirs) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
-    (ours.unwrap(), theirs.unwrap().0)
-}
-
-/// Runs a binary-mode relay between real sockets; returns the test's client and target ends.
-async fn socket_session(
-    splice: bool,
-) -> (
-    tokio::net::TcpStream,
-    tokio::net::TcpStream,
-    JoinHandle<Outcome>,
-) {
-    use crate::stream::{ClientStream, TargetStream};
-    let (client, client_relay) = tcp_pair().await;
-    let (target, target_relay) = tcp_pair().await;
-    let relay = tokio::spawn(async move {
-        let mut client_relay = ClientStream::Tcp(client_relay);
-        let mut target_relay = TargetStream::Tcp(target_relay);
-        let options = RelayOptions {
-            heartbeat: None,
-            linger: LINGER,
-            shutdown: CancellationToken::new(),
-            traffic: false,
-            splice,
-        };
-        run(
-            &mut client_relay,
-            &mut target_relay,
-            Mode::Binary,
-            Bytes::new(),
-            None,
-            &options,
-        )
-        .await
-    });
-    (client, target, relay)
-}
-
-#[tokio::test]
-async fn bulk_target_data_is_spliced_and_arrives_whole() {
-    for splice in [true, false] {
-        let (mut client, mut target, relay) = socket_session(splice).await;
-        let data = pattern(8 << 20);
-        let sent = data.clone();
-        let writer = tokio::spawn(async move {
-            target.write_all(&sent).await.unwrap();
-            target.shutdown().await.unwrap();
-            target
-        });
-        let (received, close) = within_real(
-            "data, then the close",
-            read_until_close(&mut client, Mode::Binary),
-        )
-        .await;
-        assert!(received == data, "the client got {} bytes", received.len());
-        assert_eq!(close.close_code(), Some(1000));
-        drop(client);
-        drop(writer.await.unwrap());
-        let outcome = within_real("the relay's end", relay).await.unwrap();
-        assert_eq!(outcome.bytes_to_client, data.len() as u64);
-        if splice {
-            assert!(
-                outcome.bytes_spliced > data.len() as u64 / 2,
-                "only {} of {} bytes spliced",
-                outcome.bytes_spliced,
-                data.len()
-            );
-        } else {
-            assert_eq!(outcome.bytes_spliced, 0);
-        }
-    }
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn a_spliced_session_gives_its_pipe_back_when_idle_and_pongs_between_frames() {
-    let (mut client, mut target, relay) = socket_session(true).await;
-    let before = crate::splice::pooled();
-    let data = pattern(4 << 20);
-    let sent = data.clone();
-    let writer = tokio::spawn(async move {
-        target.write_all(&sent).await.unwrap();
-        target
-    });
-    // A masked ping in the middle of the bulk transfer: its pong comes between data frames.
-    client
-        .write_all(&[
-            0x89,
-            0x84,
-            1,
-            2,
-            3,
-            4,
-            b'p' ^ 1,
-            b'i' ^ 2,
-            b'n' ^ 3,
-            b'g' ^ 4,
-        ])
-        .await
-        .unwrap();
-    let mut received = Vec::new();
-    let mut pongs = 0;
-    while received.len() < data.len() {
-        let frame = within_real("bulk data", read_frame(&mut client)).await;
-        match frame.op {
-            2 => received.extend_from_slice(&frame.payload),
-            10 => {
-                assert_eq!(frame.payload, b"ping");
-                pongs += 1;
-            }
-            op => panic!("unexpected frame {op}: {frame:?}"),
-        }
-    }
-    assert!(received == data, "the client got {} bytes", received.len());
-    let mut target = writer.await.unwrap();
-    // The session is idle now: its pipe went back to this thread's pool (the relay task
-    // runs on this thread).
-    within_real("the pipe back in the pool", async {
-        while crate::splice::pooled() <= before {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    if pongs == 0 {
-        let frame = within_real("the pong", read_frame(&mut client)).await;
-        assert_eq!((frame.op, frame.payload.as_slice()), (10, &b"ping"[..]));
-    }
-    // Small target data after the bulk: plain reads again, and the session still works.
-    target.write_all(b"after").await.unwrap();
-    let frame = within_real("small data", read_frame(&mut client)).await;
-    assert_eq!((frame.op, frame.payload.as_slice()), (2, &b"after"[..]));
-    target.shutdown().await.unwrap();
-    let (rest, close) = within_real("the close", read_until_close(&mut client, Mode::Binary)).await;
-    assert!(rest.is_empty());
-    assert_eq!(close.close_code(), Some(1000));
-    drop(client);
-    let outcome = within_real("the relay's end", relay).await.unwrap();
-    assert!(outcome.bytes_spliced > 0);
 }
