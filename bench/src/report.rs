@@ -886,6 +886,23 @@ difference divided by 200 gives the cost of one cycle without start-up (`callgri
   3-round run with another process using about a core throughout gave up MiB per proxy
   CPU-second 0.98× → 1.11× the relay and MiB/s 0.98× → 0.82× (round-to-round spread ±25 %).
 
+**Down path: zero-copy with `splice(2)`, tried and not kept.** For plain-TCP binary sessions
+the relay moved the target's bytes into a pooled pipe and from the pipe to the client socket
+(`splice`, 64 KiB each), writing only the frame header itself (`send` with `MSG_MORE`), during
+bulk transfers (a read that filled the buffer switched a session over, a splice under 16 KiB
+switched it back). `strace` showed what was intended: 3 system calls per 64 KiB frame
+(splice in 65,536, a 10-byte header, splice out 65,536), no payload through user space; the
+copying path makes 2 (8,201 `recvfrom` and 8,195 `sendto` for 8,192 frames). `perf` (cpu-clock,
+1 GiB down, the whole proxy) counted the same time for both (event count 1.152 G with splice,
+1.147 G copying): the copies (`_copy_to_iter` 19 %, `_copy_from_iter` 11 % of the copying
+proxy) were gone, and the transmit of frames made of 16 single-page fragments took their place
+(`tcp_write_xmit` and loopback softirq time, shown at `_raw_spin_unlock_irqrestore` 36 % and
+`handle_softirqs` 11 %, against 23 % and 4.5 % when copying). Side by side in one run (7 rounds
+of 1 GiB, medians, machine shared with builds): splice 899 MiB/s and 1,114 MiB per proxy
+CPU-second, copying 961 and 1,269, the TCP relay 1,143 and 1,427. Slower on this kernel
+(6.18, a VM), so it was reverted (commit 0af3fef has it, with `--no-splice` and the bench peer
+`ours-copy`).
+
 **Handshake path** (one cycle: open, handshake, 32-byte echo, close): **112 k instructions**, of
 which `connection::handle` is 80 k:
 
