@@ -302,6 +302,13 @@ struct Escaping<'a, 'w>(&'a mut Writer<'w>);
 impl fmt::Write for Escaping<'_, '_> {
     fn write_str(&mut self, text: &str) -> fmt::Result {
         let bytes = text.as_bytes();
+        // Most text is printable ASCII: one pass without branches to tell, then one write.
+        if !bytes
+            .iter()
+            .fold(false, |odd, &b| odd | !(0x20..0x7f).contains(&b))
+        {
+            return self.0.write_str(text);
+        }
         let mut start = 0;
         let mut at = 0;
         while at < bytes.len() {
