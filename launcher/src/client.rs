@@ -66,7 +66,7 @@ impl fmt::Display for ClientAddr {
 
 /// Writes `value` in decimal at the start of `out` (long enough by construction: callers
 /// size it for the largest value); returns how many bytes it wrote.
-fn put_decimal(out: &mut [u8], value: u32) -> usize {
+pub(crate) fn put_decimal(out: &mut [u8], value: u32) -> usize {
     let mut digits = [0u8; 10];
     let mut at = digits.len();
     let mut rest = value;
