@@ -41,6 +41,7 @@ mod throttle;
 use sink::Sink;
 pub use sink::{DROPPED_LOG_LINES, QUEUE_LINES};
 use syslog::{Header, Syslog, SyslogDest};
+pub use text::Elapsed;
 use text::{TextFields, TextFormat};
 pub use throttle::Throttle;
 

@@ -9,7 +9,7 @@
 //! visitor. Coloured output (a terminal) keeps the stock formatter.
 
 use std::fmt::{self, Write as _};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -131,6 +131,64 @@ fn civil_from_days(days: u64) -> (u64, u64, u64) {
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + u64::from(month <= 2);
     (year, month, day)
+}
+
+/// A duration written as its `Debug` writes it (`1.5s`, `39.473809ms`, `12µs`, `7ns`: the
+/// largest unit under it, exact, trailing zeros dropped), by hand: log it as `%Elapsed(d)`.
+pub struct Elapsed(pub Duration);
+
+impl fmt::Display for Elapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (secs, nanos) = (self.0.as_secs(), self.0.subsec_nanos());
+        // (whole units, the rest in nanoseconds, nanoseconds per unit, the unit)
+        let (whole, rest, per_unit, unit) = match (secs, nanos) {
+            (1.., _) => (secs, nanos, 1_000_000_000, "s"),
+            (0, 1_000_000..) => (
+                u64::from(nanos / 1_000_000),
+                nanos % 1_000_000,
+                1_000_000,
+                "ms",
+            ),
+            (0, 1_000..) => (u64::from(nanos / 1_000), nanos % 1_000, 1_000, "µs"),
+            (0, _) => (u64::from(nanos), 0, 1, "ns"),
+        };
+        let mut text = [0u8; 40];
+        let mut len = 0;
+        let mut digits = [0u8; 20];
+        let mut at = digits.len();
+        let mut left = whole;
+        loop {
+            at -= 1;
+            // `left % 10` is below 10, so the cast cannot truncate.
+            digits[at] = b'0' + (left % 10) as u8;
+            left /= 10;
+            if left == 0 {
+                break;
+            }
+        }
+        for &digit in &digits[at..] {
+            text[len] = digit;
+            len += 1;
+        }
+        if rest > 0 {
+            text[len] = b'.';
+            len += 1;
+            let mut rest = rest;
+            let mut place = per_unit / 10;
+            while rest > 0 && place > 0 {
+                // `rest / place` is a single digit: `rest` stays below `place * 10`.
+                text[len] = b'0' + (rest / place) as u8;
+                len += 1;
+                rest %= place;
+                place /= 10;
+            }
+        }
+        for &byte in unit.as_bytes() {
+            text[len] = byte;
+            len += 1;
+        }
+        f.write_str(std::str::from_utf8(&text[..len]).map_err(|_| fmt::Error)?)
+    }
 }
 
 /// The field format: `message name=value name=value`, as tracing-subscriber's `DefaultFields`
@@ -344,8 +402,37 @@ impl fmt::Write for Escaping<'_, '_> {
 mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
-    use std::time::Duration;
     use tracing_subscriber::layer::SubscriberExt as _;
+
+    #[test]
+    fn elapsed_is_written_as_debug_writes_a_duration() {
+        let nanos = [
+            0,
+            1,
+            7,
+            999,
+            1_000,
+            1_500,
+            12_000,
+            999_999,
+            1_000_000,
+            39_473_809,
+            39_473_000,
+            100_000_000,
+            999_999_999,
+            1_000_000_000,
+            1_500_000_000,
+            1_000_000_001,
+            61_250_000_000,
+            u64::MAX,
+        ];
+        for n in nanos {
+            let duration = Duration::from_nanos(n);
+            assert_eq!(Elapsed(duration).to_string(), format!("{duration:?}"));
+        }
+        let longest = Duration::new(u64::MAX, 999_999_999);
+        assert_eq!(Elapsed(longest).to_string(), format!("{longest:?}"));
+    }
 
     #[test]
     fn timestamps_match_the_stock_format() {
