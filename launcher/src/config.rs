@@ -346,9 +346,37 @@ impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Target::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
-            Target::Tcp { host, port } => write!(f, "{host}:{port}"),
+            // By hand: every session logs its target two or three times.
+            Target::Tcp { host, port } => {
+                let mut text = [0u8; 6];
+                text[0] = b':';
+                let len = 1 + crate::client::put_decimal(&mut text[1..], u32::from(*port));
+                f.write_str(host)?;
+                f.write_str(std::str::from_utf8(&text[..len]).map_err(|_| std::fmt::Error)?)
+            }
             Target::Unix(path) => write!(f, "unix socket {}", path.display()),
             Target::Loopback { port } => write!(f, "loopback port {port}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_display_as_host_and_port() {
+        let tcp = |host: &str, port| Target::Tcp {
+            host: host.to_owned(),
+            port,
+        };
+        assert_eq!(tcp("localhost", 5900).to_string(), "localhost:5900");
+        assert_eq!(tcp("10.0.0.1", 0).to_string(), "10.0.0.1:0");
+        assert_eq!(tcp("h", 65535).to_string(), "h:65535");
+        assert_eq!(tcp("::1", 5900).to_string(), "[::1]:5900");
+        assert_eq!(
+            Target::Loopback { port: 80 }.to_string(),
+            "loopback port 80"
+        );
     }
 }

@@ -10,7 +10,7 @@ use crate::client::ClientAddr;
 use crate::frame::close_code;
 use crate::limits::{Over, Slot};
 use crate::listen::Peer;
-use crate::logging::Throttle;
+use crate::logging::{Elapsed, Throttle};
 use crate::metrics::{METRICS, Refusal};
 use crate::proxy_header;
 use crate::record;
@@ -229,7 +229,7 @@ pub async fn handle(
     METRICS.session_closed(code, outcome.bytes_to_target, outcome.bytes_to_client);
     tracing::info!(
         target = %target_desc,
-        duration = ?session_start.elapsed(),
+        duration = %Elapsed(session_start.elapsed()),
         to_target = outcome.bytes_to_target,
         to_client = outcome.bytes_to_client,
         code,

@@ -91,11 +91,11 @@ pub fn accept(
     let version = headers
         .get(SEC_WEBSOCKET_VERSION)
         .ok_or(HandshakeError::MissingVersion)?;
-    let version = String::from_utf8_lossy(version.as_bytes())
-        .trim()
-        .to_owned();
-    if !matches!(version.as_str(), "7" | "8" | "13") {
-        return Err(HandshakeError::UnsupportedVersion(version));
+    let version = String::from_utf8_lossy(version.as_bytes());
+    if !matches!(version.trim(), "7" | "8" | "13") {
+        return Err(HandshakeError::UnsupportedVersion(
+            version.trim().to_owned(),
+        ));
     }
     let key = headers
         .get(SEC_WEBSOCKET_KEY)

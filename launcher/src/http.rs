@@ -92,10 +92,10 @@ pub async fn read_head<S: AsyncRead + Unpin>(
                 Err(HeadError::Truncated)
             };
         }
-        if let Some((request, head_len)) = parse(&buf)? {
+        if let Some((request, raw, head_len)) = parse(&mut buf)? {
             return Ok(Some(Head {
                 request,
-                raw: buf.freeze(),
+                raw,
                 head_len,
             }));
         }
@@ -108,11 +108,15 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     }
 }
 
-/// Parses a complete head at the start of `buf`; `None` while it is incomplete.
-fn parse(buf: &[u8]) -> Result<Option<(Request<()>, usize)>, HeadError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut fields);
-    let head_len = match parsed.parse(buf) {
+/// Parses a complete head at the start of `buf`; `None` while it is incomplete. Once it is
+/// complete, takes what was read out of `buf` and returns it with the request and the head's
+/// length: the request target and the header values are slices of those bytes, not copies
+/// (a dozen allocations fewer per connection).
+fn parse(buf: &mut BytesMut) -> Result<Option<(Request<()>, Bytes, usize)>, HeadError> {
+    // Uninitialised: httparse fills what it uses, and clearing ~2 KiB per request is not free.
+    let mut fields = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut []);
+    let head_len = match parsed.parse_with_uninit_headers(buf, &mut fields) {
         Ok(httparse::Status::Complete(len)) if len <= MAX_HEAD => len,
         Ok(httparse::Status::Complete(_)) => return Err(HeadError::TooLarge),
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -122,29 +126,48 @@ fn parse(buf: &[u8]) -> Result<Option<(Request<()>, usize)>, HeadError> {
     let malformed = |what: &str| HeadError::Malformed(what.to_owned());
     let method = Method::from_bytes(parsed.method.unwrap_or_default().as_bytes())
         .map_err(|_| malformed("invalid method"))?;
-    let uri: Uri = parsed
-        .path
-        .unwrap_or_default()
-        .parse()
-        .map_err(|_| malformed("invalid request target"))?;
     let version = match parsed.version {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
+    // Where the pieces lie in `buf` (httparse hands out slices of it), to cut them out of the
+    // frozen bytes below.
+    let base = buf.as_ptr() as usize;
+    let place = |piece: &[u8]| {
+        let at = (piece.as_ptr() as usize).wrapping_sub(base);
+        (at, at.wrapping_add(piece.len()))
+    };
+    let target = parsed
+        .path
+        .map(|path| place(path.as_bytes()))
+        .ok_or_else(|| malformed("invalid request target"))?;
+    let places: Vec<_> = parsed
+        .headers
+        .iter()
+        .map(|field| (place(field.name.as_bytes()), place(field.value)))
+        .collect();
+
+    let raw = std::mem::take(buf).freeze();
+    let cut = |(from, to): (usize, usize)| match from <= to && to <= raw.len() {
+        true => Ok(raw.slice(from..to)),
+        false => Err(malformed("request head out of place")),
+    };
+    let uri =
+        Uri::from_maybe_shared(cut(target)?).map_err(|_| malformed("invalid request target"))?;
     let mut request = Request::new(());
     *request.method_mut() = method;
     *request.uri_mut() = uri;
     *request.version_mut() = version;
     let headers = request.headers_mut();
-    headers.reserve(parsed.headers.len());
-    for field in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes())
-            .map_err(|_| malformed("invalid header name"))?;
-        let value =
-            HeaderValue::from_bytes(field.value).map_err(|_| malformed("invalid header value"))?;
+    headers.reserve(places.len());
+    for (name, value) in places {
+        let name =
+            HeaderName::from_bytes(&cut(name)?).map_err(|_| malformed("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(cut(value)?)
+            .map_err(|_| malformed("invalid header value"))?;
         headers.append(name, value);
     }
-    Ok(Some((request, head_len)))
+    Ok(Some((request, raw, head_len)))
 }
 
 /// Writes a response whose body is in memory (a 101, or a refusal page) in one write.
@@ -154,21 +177,15 @@ pub async fn write_response<S: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let (parts, body) = response.into_parts();
     let body = body.collect().await?.to_bytes();
-    let reason = parts
-        .extensions
-        .get::<hyper::ext::ReasonPhrase>()
-        .map(|phrase| phrase.as_bytes().to_vec())
-        .unwrap_or_else(|| {
-            parts
-                .status
-                .canonical_reason()
-                .unwrap_or("")
-                .as_bytes()
-                .to_vec()
-        });
+    let reason = match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+        Some(phrase) => phrase.as_bytes(),
+        None => parts.status.canonical_reason().unwrap_or("").as_bytes(),
+    };
     let mut out = Vec::with_capacity(256 + body.len());
-    out.extend_from_slice(format!("HTTP/1.1 {} ", parts.status.as_u16()).as_bytes());
-    out.extend_from_slice(&reason);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason);
     out.extend_from_slice(b"\r\n");
     for (name, value) in &parts.headers {
         out.extend_from_slice(name.as_str().as_bytes());

@@ -168,7 +168,13 @@ pub async fn serve(
     let mut leftover = head.rest();
     let version = match &decided.accept.hixie {
         None => {
-            http::write_response(&mut stream, switching_protocols(&decided.accept))
+            let written = async {
+                stream
+                    .write_all(&switching_protocols_head(&decided.accept))
+                    .await?;
+                stream.flush().await
+            };
+            written
                 .await
                 .map_err(|err| RequestError::Upgrade(format!("cannot send the 101: {err}")))?;
             "rfc6455"
@@ -408,6 +414,32 @@ fn switching_protocols(accept: &Accept) -> Response<Body> {
     response
 }
 
+/// The bytes `http::write_response` writes for [`switching_protocols`] (a unit test holds
+/// them equal), put together directly: no response, header map or body to build for each
+/// connection (about 3 k instructions of a 85 k connection cycle).
+fn switching_protocols_head(accept: &Accept) -> Vec<u8> {
+    // What `HeaderValue::from_str` accepts: the response above leaves out anything else.
+    let fits = |text: &str| text.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f));
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\nserver: ");
+    out.extend_from_slice(SERVER.as_bytes());
+    out.extend_from_slice(b"\r\nupgrade: websocket\r\nconnection: Upgrade\r\n");
+    if fits(&accept.accept_key) {
+        out.extend_from_slice(b"sec-websocket-accept: ");
+        out.extend_from_slice(accept.accept_key.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(protocol) = &accept.protocol
+        && fits(protocol)
+    {
+        out.extend_from_slice(b"sec-websocket-protocol: ");
+        out.extend_from_slice(protocol.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// Looks the request's token up. Upstream closes silently on token errors (the browser sees
 /// only 1006); we answer with a status and a short reason, and log a tag of the token, never
 /// the token itself.
@@ -542,4 +574,41 @@ fn log_refusal<B>(reject: &Reject, request: &Request<B>, token_path: bool) {
         | Reject::FileUnreadable => return,
     };
     METRICS.refused(refusal);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_101_written_directly_is_the_responses_bytes() {
+        let key = handshake::accept_key(b"dGhlIHNhbXBsZSBub25jZQ==");
+        let protocols = [
+            None,
+            Some(Cow::Borrowed("binary")),
+            Some(Cow::Owned("chat.v2".to_owned())),
+            Some(Cow::Owned("tab\there".to_owned())),
+            Some(Cow::Owned("bad\u{7f}".to_owned())),
+            Some(Cow::Owned("é".to_owned())),
+        ];
+        for accept_key in [key, String::new(), "bad\r\n".to_owned()] {
+            for protocol in protocols.clone() {
+                let accept = Accept {
+                    accept_key: accept_key.clone(),
+                    protocol,
+                    mode: Mode::Binary,
+                    hixie: None,
+                };
+                let mut through_hyper = Vec::new();
+                http::write_response(&mut through_hyper, switching_protocols(&accept))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    String::from_utf8_lossy(&switching_protocols_head(&accept)),
+                    String::from_utf8_lossy(&through_hyper),
+                    "{accept:?}"
+                );
+            }
+        }
+    }
 }

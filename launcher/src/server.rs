@@ -246,7 +246,14 @@ async fn spawn_sessions(
     shared: Arc<Shared>,
 ) {
     while let Some((stream, peer, slot, span)) = accepted.recv().await {
-        let session = crate::connection::handle(stream, peer, slot, Arc::clone(&shared));
+        // Boxed: the session's state (kilobytes) is then written once, into the box, instead
+        // of being copied at each step of the spawn (several kilobytes of `memcpy` a session).
+        let session = Box::pin(crate::connection::handle(
+            stream,
+            peer,
+            slot,
+            Arc::clone(&shared),
+        ));
         tracker.spawn(session.instrument(span));
     }
 }

@@ -35,11 +35,14 @@ use tracing_subscriber::{EnvFilter, Layer, field::RecordFields};
 
 pub mod sink;
 mod syslog;
+mod text;
 mod throttle;
 
 use sink::Sink;
 pub use sink::{DROPPED_LOG_LINES, QUEUE_LINES};
 use syslog::{Header, Syslog, SyslogDest};
+pub use text::Elapsed;
+use text::{TextFields, TextFormat};
 pub use throttle::Throttle;
 
 /// How long [`LogGuard`] waits at exit for queued lines to be written.
@@ -185,14 +188,10 @@ fn build(
     }
     if let Some(spec) = &settings.syslog {
         let header = Header::new(settings.daemon, settings.legacy_syslog);
-        let format = tracing_subscriber::fmt::format()
-            .without_time()
-            .with_level(false)
-            .with_target(false);
         layers.push(
             tracing_subscriber::fmt::layer()
-                .fmt_fields(Fields::<DefaultFields, SYSLOG>::default())
-                .event_format(format)
+                .fmt_fields(Fields::<TextFields, SYSLOG>::default())
+                .event_format(TextFormat { stamped: false })
                 .with_writer(Syslog::connect(spec, header)?)
                 .with_ansi(false)
                 .boxed(),
@@ -221,9 +220,16 @@ where
             .with_ansi(false)
             .with_writer(writer)
             .boxed(),
-        LogFormat::Text => layer
+        // Colours (a terminal) take the stock formatter; plain lines our faster one.
+        LogFormat::Text if ansi => layer
             .fmt_fields(Fields::<DefaultFields, SINK>::default())
-            .with_ansi(ansi)
+            .with_ansi(true)
+            .with_writer(writer)
+            .boxed(),
+        LogFormat::Text => layer
+            .fmt_fields(Fields::<TextFields, SINK>::default())
+            .event_format(TextFormat { stamped: true })
+            .with_ansi(false)
             .with_writer(writer)
             .boxed(),
     }
