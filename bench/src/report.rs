@@ -910,8 +910,8 @@ which `connection::handle` is 80 k:
   (tracing-subscriber's formatting: timestamp, fields, the `Debug` of a `Duration`, `Display` of
   the target 2.2 k and of the client address 1.8 k), the per-connection span 2.1 k and recording
   its client field 3.2 k: about 37 k, a third of the cycle. *Per-connection spans and log
-  formatting*: confirmed as the biggest user-space cost; not cut here, since the lines are
-  upstream's and operators read them (a cheaper line formatter is the lever);
+  formatting*: confirmed as the biggest user-space cost (cut by a formatter of our own that
+  writes the same lines: *Handshake path, cut* below);
 - `request::serve` 23.7 k: parsing the head 7.6 k (httparse 1.9 k, building the
   `http::Request` and its `HeaderMap` the rest), the accept key (SHA-1, base64) 4.2 k, writing
   the 101 3.2 k;
@@ -929,6 +929,49 @@ which `connection::handle` is 80 k:
   only the PROXY header towards the target, now asked for only with `--target-proxy-protocol`);
   plus cross-thread wake-ups (`futex` about 12, eventfd `write` 3) and the log writer thread's
   two `write`s.
+**Handshake path, cut** (same measurement, N = 20 and 220, difference / 200; ±0.5 k between
+runs): **110.5 k → 82.0 k instructions per cycle**, `connection::handle` 77.6 k → 53.1 k
+(`request::serve` 22.0 k → 16.8 k), `malloc` 30 → 18 per cycle. What changed, each with the
+cycle's count after it:
+
+- the text log lines (stderr, `--log-file`, syslog) come from a formatter of our own
+  (`logging/text.rs`) that writes byte for byte the stock formatter's lines (a unit test
+  compares the two on spans, strings, integers, errors, raw identifiers and control
+  characters): the timestamp built in a stack buffer, integers by hand, strings and the
+  sanitised message in runs instead of one `char` at a time: 93.0 k. In the end (with the next
+  items) the two lines are 30.2 k → 11.7 k, the span 1.9 k → 1.2 k and recording its client
+  field 3.2 k → 1.8 k.
+  Coloured output (a terminal) and `--log-format json` keep tracing-subscriber's formatters;
+- the client address (IPv4) and the target are displayed by hand (1.8 k → 1.1 k and 1.8 k →
+  1.3 k), the session's duration too, exactly as `Duration`'s `Debug` writes it (1.0 k → a
+  few hundred; `logging::Elapsed`, checked against `Debug`);
+- the session future is boxed before it is spawned: its several kilobytes are written once
+  instead of being copied at each step of the spawn (`memcpy` 7.6 k → 4.2 k a cycle): 88.7 k
+  with the previous item;
+- the request head: the target and header values are slices of the bytes read (`Bytes`), not
+  copies (9 `malloc` fewer), httparse fills an uninitialised field array instead of one cleared
+  per request, and the 101's status line is written without `format!`: `http::parse` 6.2 k →
+  5.9 k and `write_response` 3.1 k → 2.1 k; with the items above: 84.3 k;
+- the 101 of the main path is written as bytes directly, with no `Response`, `HeaderMap` or
+  body to build (`switching_protocols_head`; a unit test holds it equal to what
+  `write_response` writes for the hyper response that `--web` upgrades keep): 3.7 k → 0.5 k,
+  82.0 k.
+
+In time the cut is not measurable here: three alternating quick `connrate` runs of the old and
+the new binary (`ws-bench run --quick --only connrate --peers ours,bare`) with other work
+keeping the load at 2.5 to 3.5 on the 2 cores gave, 16 at a time, ours 5,210 / 5,183 / 3,762
+conn/s (new) against 2,991 / 3,423 / 3,589 (old), while the bare relay itself swung from 3,032
+to 6,601 between runs; ours / bare 1.72, 1.31, 0.60 (new) and 0.45, 0.65, 0.90 (old). A
+calm machine and more rounds are needed for the ≥ 1.0× and ≥ 0.90× per CPU-second bars.
+
+Left as they were: the `http::Request` and `HeaderMap` themselves (auth plugins, token plugins
+and `--web` take the request; a second, lighter request type would split that path in two),
+the SHA-1 of the accept key (4.1 k, ring's portable code; SHA-NI would not show under
+callgrind anyway), the relay (9.2 k for one echo and the close), connecting (3.5 k), and the
+first-byte peek: reading instead of peeking would hand the first bytes on as a prefix, which
+the TLS acceptor (and its `ClientStream::Tls` type), the Flash policy answer and the PROXY
+header reader (which peeks as well) would all have to take; one system call does not pay for
+that.
 ";
 
 pub fn write(
