@@ -46,42 +46,27 @@ impl fmt::Display for ClientAddr {
                 // instructions, and every session's log lines show it.
                 let mut text = [0u8; 21];
                 let mut len = 0;
+                let mut number = itoa::Buffer::new();
                 for (i, octet) in ip.octets().into_iter().enumerate() {
                     if i > 0 {
                         text[len] = b'.';
                         len += 1;
                     }
-                    len += put_decimal(&mut text[len..], u32::from(octet));
+                    let digits = number.format(octet).as_bytes();
+                    text[len..len + digits.len()].copy_from_slice(digits);
+                    len += digits.len();
                 }
                 text[len] = b':';
                 len += 1;
-                len += put_decimal(&mut text[len..], u32::from(port));
+                let digits = number.format(port).as_bytes();
+                text[len..len + digits.len()].copy_from_slice(digits);
+                len += digits.len();
                 f.pad(std::str::from_utf8(&text[..len]).map_err(|_| fmt::Error)?)
             }
             (IpAddr::V6(ip), Some(port)) => write!(f, "[{ip}]:{port}"),
             (ip, None) => write!(f, "{ip}"),
         }
     }
-}
-
-/// Writes `value` in decimal at the start of `out` (long enough by construction: callers
-/// size it for the largest value); returns how many bytes it wrote.
-pub(crate) fn put_decimal(out: &mut [u8], value: u32) -> usize {
-    let mut digits = [0u8; 10];
-    let mut at = digits.len();
-    let mut rest = value;
-    loop {
-        at -= 1;
-        // `rest % 10` is below 10, so the cast cannot truncate.
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
-    }
-    let len = digits.len() - at;
-    out[..len].copy_from_slice(&digits[at..]);
-    len
 }
 
 /// The peers whose forwarding headers are believed (`--trusted-proxy CIDR[,CIDR...]`).

@@ -348,11 +348,9 @@ impl std::fmt::Display for Target {
             Target::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
             // By hand: every session logs its target two or three times.
             Target::Tcp { host, port } => {
-                let mut text = [0u8; 6];
-                text[0] = b':';
-                let len = 1 + crate::client::put_decimal(&mut text[1..], u32::from(*port));
                 f.write_str(host)?;
-                f.write_str(std::str::from_utf8(&text[..len]).map_err(|_| std::fmt::Error)?)
+                f.write_str(":")?;
+                f.write_str(itoa::Buffer::new().format(*port))
             }
             Target::Unix(path) => write!(f, "unix socket {}", path.display()),
             Target::Loopback { port } => write!(f, "loopback port {port}"),

@@ -153,23 +153,10 @@ impl fmt::Display for Elapsed {
             (0, _) => (u64::from(nanos), 0, 1, "ns"),
         };
         let mut text = [0u8; 40];
-        let mut len = 0;
-        let mut digits = [0u8; 20];
-        let mut at = digits.len();
-        let mut left = whole;
-        loop {
-            at -= 1;
-            // `left % 10` is below 10, so the cast cannot truncate.
-            digits[at] = b'0' + (left % 10) as u8;
-            left /= 10;
-            if left == 0 {
-                break;
-            }
-        }
-        for &digit in &digits[at..] {
-            text[len] = digit;
-            len += 1;
-        }
+        let mut number = itoa::Buffer::new();
+        let digits = number.format(whole).as_bytes();
+        text[..digits.len()].copy_from_slice(digits);
+        let mut len = digits.len();
         if rest > 0 {
             text[len] = b'.';
             len += 1;
@@ -260,26 +247,12 @@ impl TextVisitor<'_> {
 
     fn write_u64(&mut self, field: &Field, value: u64, negative: bool) {
         if self.begin(field) {
-            let mut digits = [0u8; 21];
-            let mut at = digits.len();
-            let mut rest = value;
-            loop {
-                at -= 1;
-                // `rest % 10` is below 10, so the cast cannot truncate.
-                digits[at] = b'0' + (rest % 10) as u8;
-                rest /= 10;
-                if rest == 0 {
-                    break;
-                }
-            }
-            if negative {
-                at -= 1;
-                digits[at] = b'-';
-            }
-            self.result = match std::str::from_utf8(&digits[at..]) {
-                Ok(text) => self.writer.write_str(text),
-                Err(_) => Err(fmt::Error),
-            };
+            let mut number = itoa::Buffer::new();
+            let sign = if negative { "-" } else { "" };
+            self.result = self
+                .writer
+                .write_str(sign)
+                .and_then(|()| self.writer.write_str(number.format(value)));
         }
     }
 }
