@@ -126,7 +126,11 @@ pub async fn handle(
         slot,
     };
     let head_time = deadline.saturating_duration_since(Instant::now());
-    let upgraded = match request::serve(stream, head_time, &shared, &mut admission).await {
+    // The steps before the relay are boxed: laid out in this future, the largest of them
+    // (the request step, the connect) would size the task of every idle session, whose
+    // state is only the relay's (README, "Memory per connection").
+    let serve = Box::pin(request::serve(stream, head_time, &shared, &mut admission));
+    let upgraded = match serve.await {
         Ok(Some(upgraded)) => upgraded,
         Ok(None) => {
             tracing::debug!("connection closed without a WebSocket upgrade");
@@ -161,7 +165,7 @@ pub async fn handle(
         .recorder
         .as_ref()
         .and_then(|recorder| match recorder.start() {
-            Ok(recording) => Some(recording),
+            Ok(recording) => Some(Box::new(recording)),
             Err(err) => {
                 tracing::warn!("not recording this session: {err}");
                 None
@@ -178,12 +182,12 @@ pub async fn handle(
             admission.client.as_ref().map(ClientAddr::socket_addr),
         )
     });
-    let connect = target::connect(
+    let connect = Box::pin(target::connect(
         target_desc,
         shared.target_tls.as_ref(),
         proxy,
         config.connect_timeout,
-    );
+    ));
     let connected = tokio::select! {
         connected = connect => connected,
         () = shared.close_sessions.cancelled() => {

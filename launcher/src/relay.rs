@@ -235,7 +235,7 @@ pub async fn run<C, T>(
     target: &mut T,
     mode: Mode,
     initial: Bytes,
-    recording: Option<Recording>,
+    recording: Option<Box<Recording>>,
     options: &RelayOptions,
 ) -> Outcome
 where
@@ -281,7 +281,9 @@ where
             () = sleep_until(linger_until.unwrap_or_else(Instant::now)), if linger_until.is_some() => break,
         }
     }
-    relay.finish().await
+    // Boxed: the wind-down (the relay moved into it, two bounded shutdowns) would otherwise
+    // be laid out in this future beside the relay, and sized every idle session's task.
+    Box::pin(relay.finish()).await
 }
 
 /// Why [`Relay::poll_run`] returned.
@@ -398,8 +400,8 @@ struct Relay<'a, C, T> {
     reason: Option<CloseReason>,
     bytes_to_target: u64,
     bytes_to_client: u64,
-    /// `--record`: this session's recording.
-    recording: Option<Recording>,
+    /// `--record`: this session's recording (boxed: most sessions have none).
+    recording: Option<Box<Recording>>,
     /// `--traffic`: print frame tokens.
     traffic: bool,
 }
