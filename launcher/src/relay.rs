@@ -313,12 +313,12 @@ impl Upstream {
 }
 
 /// Where target -> client stands (see the module doc's diagram).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Downstream {
     /// Reading the target and framing what it sends.
     Open,
     /// The target is no longer read; our close goes out after the data frame in progress.
-    Closing(ControlFrame),
+    Closing(Box<ControlFrame>),
     /// Our close is being written (it is the control frame in progress).
     Sending,
     /// Our close is written and flushed.
@@ -378,8 +378,9 @@ struct Up {
 
 /// Control frames for the client other than our close, and the heartbeat count.
 struct Control {
-    /// The control frame being written (pong, ping or our close) and how much of it is out.
-    writing: Option<(ControlFrame, usize)>,
+    /// The control frame being written (pong, ping or our close) and how much of it is out;
+    /// boxed, like our close while it waits, so an idle session's state has no room for one.
+    writing: Option<(Box<ControlFrame>, usize)>,
     /// Pongs owed, oldest first; past MAX_PONGS the oldest is dropped (RFC 6455 5.5.3).
     /// Freed whenever it empties.
     pongs: VecDeque<ControlFrame>,
@@ -472,7 +473,8 @@ where
     fn begin_close(&mut self, code: u16, reason: &str, why: CloseReason) {
         self.set_reason(why);
         if self.down.phase.is_open() {
-            self.down.phase = Downstream::Closing(self.mode.close_frame(Some(code), reason));
+            self.down.phase =
+                Downstream::Closing(Box::new(self.mode.close_frame(Some(code), reason)));
         }
     }
 
@@ -603,7 +605,7 @@ where
 
     /// The next control frame to send: pongs, then a ping, then (after the data frame in
     /// progress) our close.
-    fn next_control(&mut self) -> Option<ControlFrame> {
+    fn next_control(&mut self) -> Option<Box<ControlFrame>> {
         if !matches!(self.down.phase, Downstream::Open | Downstream::Closing(_)) {
             // Nothing follows our close.
             return None;
@@ -613,16 +615,17 @@ where
                 // Idle connections keep no queue memory.
                 self.control.pongs = VecDeque::new();
             }
-            return Some(pong);
+            return Some(Box::new(pong));
         }
         if std::mem::take(&mut self.control.ping_due) {
-            return Some(ControlFrame::ping(&[]));
+            return Some(Box::new(ControlFrame::ping(&[])));
         }
-        if self.down.start == self.down.end
-            && let Downstream::Closing(close) = self.down.phase
-        {
-            self.down.phase = Downstream::Sending;
-            return Some(close);
+        if self.down.start == self.down.end && matches!(self.down.phase, Downstream::Closing(_)) {
+            if let Downstream::Closing(close) =
+                std::mem::replace(&mut self.down.phase, Downstream::Sending)
+            {
+                return Some(close);
+            }
         }
         None
     }
@@ -951,7 +954,8 @@ where
                     let reason = self.decoder.close_reason().to_owned();
                     if self.down.phase.is_open() {
                         // Echo the client's close, as upstream does.
-                        self.down.phase = Downstream::Closing(self.mode.close_frame(code, &reason));
+                        self.down.phase =
+                            Downstream::Closing(Box::new(self.mode.close_frame(code, &reason)));
                     }
                     self.set_reason(CloseReason::ClientClosed { code, reason });
                     self.up.phase = Upstream::Draining;
