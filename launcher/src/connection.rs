@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 
 use crate::client::ClientAddr;
+use crate::config::Target;
 use crate::frame::close_code;
 use crate::limits::{Over, Slot};
 use crate::listen::Peer;
@@ -17,7 +18,6 @@ use crate::record;
 use crate::relay::{self, RelayOptions};
 use crate::request::{self, Admission};
 use crate::sniff::{self, Sniffed};
-use crate::config::Target;
 use crate::state::Shared;
 use crate::stream::{ClientStream, TargetStream};
 use crate::target;
@@ -64,7 +64,7 @@ struct Session {
     target_desc: Target,
     recording: Option<Box<record::Recording>>,
     /// Not read: holds the connection's places in the limits until the session is dropped.
-    _admission: Admission,
+    _slot: Result<Slot, Over>,
 }
 
 /// Every step up to a connected target; `None` when the connection ended before (logged).
@@ -253,7 +253,7 @@ async fn open(
         leftover: upgraded.leftover,
         target_desc: upgraded.target,
         recording,
-        _admission: admission,
+        _slot: admission.slot,
     })
 }
 

@@ -252,6 +252,11 @@ where
     let mut next_ping = heartbeat.map(|period| Instant::now() + period);
     let mut linger_until: Option<Instant> = None;
     loop {
+        // One timer: the linger once our close is out, else the next heartbeat. They never
+        // overlap (the linger starts with Downstream Closed, where pings stop), and each
+        // timer would be 112 bytes more in every idle session's task.
+        let lingering = linger_until.is_some();
+        let deadline = linger_until.or(next_ping.filter(|_| relay.down.phase.writing()));
         // `select!` evaluates the guards once per pass. A stale shutdown or heartbeat guard
         // is harmless (both check the phases again); the linger must start when our close
         // is out, so poll_run returns then.
@@ -269,7 +274,10 @@ where
             }
             // Pings go on while our close waits behind data, so that a client that stopped
             // reading is still dropped after three heartbeats.
-            () = sleep_until(next_ping.unwrap_or_else(Instant::now)), if next_ping.is_some() && relay.down.phase.writing() => {
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                if lingering {
+                    break;
+                }
                 let period = heartbeat.unwrap_or(Duration::from_secs(1));
                 next_ping = Some(Instant::now() + period);
                 if !relay.heartbeat() {
@@ -278,7 +286,6 @@ where
                     break;
                 }
             }
-            () = sleep_until(linger_until.unwrap_or_else(Instant::now)), if linger_until.is_some() => break,
         }
     }
     // Boxed: the wind-down (the relay moved into it, two bounded shutdowns) would otherwise
@@ -620,12 +627,12 @@ where
         if std::mem::take(&mut self.control.ping_due) {
             return Some(Box::new(ControlFrame::ping(&[])));
         }
-        if self.down.start == self.down.end && matches!(self.down.phase, Downstream::Closing(_)) {
-            if let Downstream::Closing(close) =
+        if self.down.start == self.down.end
+            && matches!(self.down.phase, Downstream::Closing(_))
+            && let Downstream::Closing(close) =
                 std::mem::replace(&mut self.down.phase, Downstream::Sending)
-            {
-                return Some(close);
-            }
+        {
+            return Some(close);
         }
         None
     }
