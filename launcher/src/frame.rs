@@ -622,6 +622,33 @@ mod tests {
     }
 
     #[test]
+    fn a_control_payload_is_held_only_until_the_next_frame() {
+        let mut decoder = Decoder::new();
+        let mut next = |bytes: Vec<u8>| {
+            let (mut input, mut pos) = (bytes, 0);
+            let event = decoder.next(&mut input, &mut pos);
+            (
+                event,
+                decoder.control.capacity(),
+                decoder.control_payload().to_vec(),
+            )
+        };
+        // An empty pong (the answer to our heartbeat ping) allocates nothing.
+        let (event, capacity, _) = next(client_frame(0x8a, b"", [1, 2, 3, 4]));
+        assert_eq!(event, Ok(Some(Event::Pong)));
+        assert_eq!(capacity, 0);
+        // A ping's payload is there for the pong...
+        let (event, capacity, payload) = next(client_frame(0x89, b"are you there", [4, 3, 2, 1]));
+        assert_eq!(event, Ok(Some(Event::Ping)));
+        assert!(capacity > 0);
+        assert_eq!(payload, b"are you there");
+        // ...and freed by the next frame's header.
+        let (event, capacity, _) = next(client_frame(0x82, b"x", [7, 7, 7, 7]));
+        assert!(matches!(event, Ok(Some(Event::Data { .. }))));
+        assert_eq!(capacity, 0);
+    }
+
+    #[test]
     fn rejects_what_rfc_6455_forbids() {
         let cases: Vec<(Vec<u8>, u16)> = vec![
             (client_frame(0xC2, b"x", [0; 4]), 1002),             // RSV1
