@@ -7,7 +7,7 @@
 //! server::run            accept (TCP_NODELAY); one task per connection in a span
 //!   state::Shared        what all connections share: config, TLS, web root, auth, tokens,
 //!                        recorder; read-only after start
-//! connection::handle      open (boxed, freed once connected) then Session::relay
+//! connection::handle     open (boxed, freed once connected) then Session::relay
 //!   sniff::sniff         peek the first byte within 3 s: 0x16/0x80 -> TLS, '<' -> Flash
 //!                        policy answer, else plain HTTP (refused under --ssl-only)
 //!   tls                  TlsServer::acceptor() -> TlsStream (cert re-read when the file changes)
