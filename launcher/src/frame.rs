@@ -1,9 +1,10 @@
 //! The WebSocket frame codec (RFC 6455 section 5), written for streaming.
 //!
-//! The decoder never allocates and never buffers a payload: it reports each data frame's payload
-//! as ranges of the caller's input, unmasked in place, as soon as the bytes arrive. A frame that
-//! declares 2^40 bytes therefore flows through in the caller's fixed buffer. Control frames
-//! (at most 125 bytes by the RFC) are collected in a fixed array inside the decoder.
+//! The decoder never buffers a data payload: it reports each data frame's payload as ranges of
+//! the caller's input, unmasked in place, as soon as the bytes arrive. A frame that declares
+//! 2^40 bytes therefore flows through in the caller's fixed buffer. Control frames (at most
+//! 125 bytes by the RFC) are collected inside the decoder, in a buffer allocated only for a
+//! non-empty payload and freed at the next frame, so an idle session's decoder holds none.
 //!
 //! Why not tungstenite: it reassembles whole messages and checks a maximum message size
 //! before delivering anything, so a large frame either costs its full length in memory or is
@@ -115,8 +116,10 @@ pub struct Decoder {
     header_len: usize,
     /// Kind of the fragmented message in progress, if any.
     message: Option<DataKind>,
-    control: [u8; 125],
-    control_len: usize,
+    /// Payload of the control frame being read, at most 125 bytes. Allocated only for a
+    /// payload (our pings are empty, so are the pongs answering them) and freed at the next
+    /// frame: an idle session keeps no room for one.
+    control: Vec<u8>,
 }
 
 impl Default for Decoder {
@@ -132,14 +135,13 @@ impl Decoder {
             header: [0; 14],
             header_len: 0,
             message: None,
-            control: [0; 125],
-            control_len: 0,
+            control: Vec::new(),
         }
     }
 
     /// Payload of the last complete control frame (ping, pong or close).
     pub fn control_payload(&self) -> &[u8] {
-        &self.control[..self.control_len]
+        &self.control
     }
 
     /// The close reason of the last close frame (valid UTF-8, checked when it was decoded).
@@ -222,9 +224,7 @@ impl Decoder {
                             }));
                         }
                         _ => {
-                            let len = self.control_len;
-                            self.control[len..len + take].copy_from_slice(&input[start..end]);
-                            self.control_len += take;
+                            self.control.extend_from_slice(&input[start..end]);
                             if done {
                                 return self.control_event(frame).map(Some);
                             }
@@ -272,7 +272,8 @@ impl Decoder {
         mask.copy_from_slice(&self.header[2 + ext..6 + ext]);
         let frame = self.frame_type(b0 & 0x0f, fin)?;
         self.header_len = 0;
-        self.control_len = 0;
+        // Frees the last control payload, if there was one.
+        self.control = Vec::new();
         self.state = State::Payload {
             remaining: length,
             mask,
@@ -618,6 +619,33 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_control_payload_is_held_only_until_the_next_frame() {
+        let mut decoder = Decoder::new();
+        let mut next = |bytes: Vec<u8>| {
+            let (mut input, mut pos) = (bytes, 0);
+            let event = decoder.next(&mut input, &mut pos);
+            (
+                event,
+                decoder.control.capacity(),
+                decoder.control_payload().to_vec(),
+            )
+        };
+        // An empty pong (the answer to our heartbeat ping) allocates nothing.
+        let (event, capacity, _) = next(client_frame(0x8a, b"", [1, 2, 3, 4]));
+        assert_eq!(event, Ok(Some(Event::Pong)));
+        assert_eq!(capacity, 0);
+        // A ping's payload is there for the pong...
+        let (event, capacity, payload) = next(client_frame(0x89, b"are you there", [4, 3, 2, 1]));
+        assert_eq!(event, Ok(Some(Event::Ping)));
+        assert!(capacity > 0);
+        assert_eq!(payload, b"are you there");
+        // ...and freed by the next frame's header.
+        let (event, capacity, _) = next(client_frame(0x82, b"x", [7, 7, 7, 7]));
+        assert!(matches!(event, Ok(Some(Event::Data { .. }))));
+        assert_eq!(capacity, 0);
     }
 
     #[test]

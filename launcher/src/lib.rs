@@ -7,7 +7,7 @@
 //! server::run            accept (TCP_NODELAY); one task per connection in a span
 //!   state::Shared        what all connections share: config, TLS, web root, auth, tokens,
 //!                        recorder; read-only after start
-//! connection::handle
+//! connection::handle     open (boxed, freed once connected) then Session::relay
 //!   sniff::sniff         peek the first byte within 3 s: 0x16/0x80 -> TLS, '<' -> Flash
 //!                        policy answer, else plain HTTP (refused under --ssl-only)
 //!   tls                  TlsServer::acceptor() -> TlsStream (cert re-read when the file changes)
@@ -26,6 +26,7 @@
 //!   record::Recorder     --record: this session's file, opened before connecting
 //!   target::connect      TCP (each address in turn) | unix | TLS, under a deadline
 //!                        => stream::TargetStream; failure -> close 1011
+//!                        => connection::Session { client, target, what the log needs }
 //!   relay::run           frame::Decoder streams client frames to the target; target reads
 //!                        become frames; one poll loop, at most one 64 KiB buffer per
 //!                        direction (buffer::Buf, pooled, none while idle); hooks: the

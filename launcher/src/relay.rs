@@ -235,7 +235,7 @@ pub async fn run<C, T>(
     target: &mut T,
     mode: Mode,
     initial: Bytes,
-    recording: Option<Recording>,
+    recording: Option<Box<Recording>>,
     options: &RelayOptions,
 ) -> Outcome
 where
@@ -252,6 +252,11 @@ where
     let mut next_ping = heartbeat.map(|period| Instant::now() + period);
     let mut linger_until: Option<Instant> = None;
     loop {
+        // One timer: the linger once our close is out, else the next heartbeat. They never
+        // overlap (the linger starts with Downstream Closed, where pings stop), and each
+        // timer would be 112 bytes more in every idle session's task.
+        let lingering = linger_until.is_some();
+        let deadline = linger_until.or(next_ping.filter(|_| relay.down.phase.writing()));
         // `select!` evaluates the guards once per pass. A stale shutdown or heartbeat guard
         // is harmless (both check the phases again); the linger must start when our close
         // is out, so poll_run returns then.
@@ -269,7 +274,10 @@ where
             }
             // Pings go on while our close waits behind data, so that a client that stopped
             // reading is still dropped after three heartbeats.
-            () = sleep_until(next_ping.unwrap_or_else(Instant::now)), if next_ping.is_some() && relay.down.phase.writing() => {
+            () = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                if lingering {
+                    break;
+                }
                 let period = heartbeat.unwrap_or(Duration::from_secs(1));
                 next_ping = Some(Instant::now() + period);
                 if !relay.heartbeat() {
@@ -278,10 +286,11 @@ where
                     break;
                 }
             }
-            () = sleep_until(linger_until.unwrap_or_else(Instant::now)), if linger_until.is_some() => break,
         }
     }
-    relay.finish().await
+    // Boxed: the wind-down (the relay moved into it, two bounded shutdowns) would otherwise
+    // be laid out in this future beside the relay, and sized every idle session's task.
+    Box::pin(relay.finish()).await
 }
 
 /// Why [`Relay::poll_run`] returned.
@@ -311,12 +320,12 @@ impl Upstream {
 }
 
 /// Where target -> client stands (see the module doc's diagram).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 enum Downstream {
     /// Reading the target and framing what it sends.
     Open,
     /// The target is no longer read; our close goes out after the data frame in progress.
-    Closing(ControlFrame),
+    Closing(Box<ControlFrame>),
     /// Our close is being written (it is the control frame in progress).
     Sending,
     /// Our close is written and flushed.
@@ -376,8 +385,9 @@ struct Up {
 
 /// Control frames for the client other than our close, and the heartbeat count.
 struct Control {
-    /// The control frame being written (pong, ping or our close) and how much of it is out.
-    writing: Option<(ControlFrame, usize)>,
+    /// The control frame being written (pong, ping or our close) and how much of it is out;
+    /// boxed, like our close while it waits, so an idle session's state has no room for one.
+    writing: Option<(Box<ControlFrame>, usize)>,
     /// Pongs owed, oldest first; past MAX_PONGS the oldest is dropped (RFC 6455 5.5.3).
     /// Freed whenever it empties.
     pongs: VecDeque<ControlFrame>,
@@ -398,8 +408,8 @@ struct Relay<'a, C, T> {
     reason: Option<CloseReason>,
     bytes_to_target: u64,
     bytes_to_client: u64,
-    /// `--record`: this session's recording.
-    recording: Option<Recording>,
+    /// `--record`: this session's recording (boxed: most sessions have none).
+    recording: Option<Box<Recording>>,
     /// `--traffic`: print frame tokens.
     traffic: bool,
 }
@@ -470,7 +480,8 @@ where
     fn begin_close(&mut self, code: u16, reason: &str, why: CloseReason) {
         self.set_reason(why);
         if self.down.phase.is_open() {
-            self.down.phase = Downstream::Closing(self.mode.close_frame(Some(code), reason));
+            self.down.phase =
+                Downstream::Closing(Box::new(self.mode.close_frame(Some(code), reason)));
         }
     }
 
@@ -601,7 +612,7 @@ where
 
     /// The next control frame to send: pongs, then a ping, then (after the data frame in
     /// progress) our close.
-    fn next_control(&mut self) -> Option<ControlFrame> {
+    fn next_control(&mut self) -> Option<Box<ControlFrame>> {
         if !matches!(self.down.phase, Downstream::Open | Downstream::Closing(_)) {
             // Nothing follows our close.
             return None;
@@ -611,15 +622,16 @@ where
                 // Idle connections keep no queue memory.
                 self.control.pongs = VecDeque::new();
             }
-            return Some(pong);
+            return Some(Box::new(pong));
         }
         if std::mem::take(&mut self.control.ping_due) {
-            return Some(ControlFrame::ping(&[]));
+            return Some(Box::new(ControlFrame::ping(&[])));
         }
         if self.down.start == self.down.end
-            && let Downstream::Closing(close) = self.down.phase
+            && matches!(self.down.phase, Downstream::Closing(_))
+            && let Downstream::Closing(close) =
+                std::mem::replace(&mut self.down.phase, Downstream::Sending)
         {
-            self.down.phase = Downstream::Sending;
             return Some(close);
         }
         None
@@ -949,7 +961,8 @@ where
                     let reason = self.decoder.close_reason().to_owned();
                     if self.down.phase.is_open() {
                         // Echo the client's close, as upstream does.
-                        self.down.phase = Downstream::Closing(self.mode.close_frame(code, &reason));
+                        self.down.phase =
+                            Downstream::Closing(Box::new(self.mode.close_frame(code, &reason)));
                     }
                     self.set_reason(CloseReason::ClientClosed { code, reason });
                     self.up.phase = Upstream::Draining;

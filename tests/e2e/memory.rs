@@ -110,8 +110,11 @@ async fn memory_grown_by_a_spike_of_idle_sessions_is_given_back() {
 
     // Abrupt closes (no close handshake): the sessions end as their reads see EOF.
     drop(sessions);
-    // Most of the growth comes back; timing is not asserted, only that it happens.
-    let bound = before + grown / 3;
+    // Most of the growth comes back; timing is not asserted, only that it happens. What
+    // stays is about 1 KiB per session (pooled span slots, allocator pages still pinned):
+    // 2.0 MiB of 10.7 when an idle session's task was 4.2 KiB, 2.0 MiB of 5.4 since it is
+    // 1.3 KiB, so the bound is half of the growth (a third failed once growth halved).
+    let bound = before + grown / 2;
     let back = eventually(STEP * 2, || rss(pid) <= bound).await;
     let after = rss(pid);
     eprintln!(
