@@ -30,6 +30,10 @@ pub const QUEUE_LINES: usize = 1024;
 /// Bytes gathered from the queue into one `write(2)`.
 const BATCH: usize = 64 * 1024;
 
+/// How long the writer waits after the first line of a batch for more to arrive: lines
+/// appear at most this much later.
+const GATHER: Duration = Duration::from_millis(2);
+
 /// The stderr sink, started on first use.
 static STDERR: OnceLock<Option<Sink>> = OnceLock::new();
 
@@ -219,6 +223,10 @@ impl Shared {
         let mut reported = 0;
         let mut failing = false;
         while let Ok(first) = queue.recv() {
+            // Let a burst gather: while this thread sleeps, senders find no receiver waiting
+            // and wake nobody, so a busy server pays one wake-up per [`GATHER`] instead of one
+            // per line (two lines a session).
+            std::thread::sleep(GATHER);
             let mut taken = 1;
             append(&mut batch, &first);
             while batch.len() < BATCH
