@@ -38,6 +38,11 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn round_trip(target: &Target) {
+    // A TCP host spelled `unix_socket` (reached through padding the parser trims) has no text
+    // form of its own: `unix_socket:PORT` means a unix socket, as upstream reads it.
+    if matches!(target, Target::Tcp { host, .. } if host == "unix_socket") {
+        return;
+    }
     let (text, object) = match target {
         Target::Tcp { host, port } => (
             if host.contains(':') {
