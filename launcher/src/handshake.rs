@@ -92,10 +92,9 @@ pub fn accept(
         .get(SEC_WEBSOCKET_VERSION)
         .ok_or(HandshakeError::MissingVersion)?;
     let version = String::from_utf8_lossy(version.as_bytes());
-    if !matches!(version.trim(), "7" | "8" | "13") {
-        return Err(HandshakeError::UnsupportedVersion(
-            version.trim().to_owned(),
-        ));
+    let version = version.trim();
+    if !matches!(version, "7" | "8" | "13") {
+        return Err(HandshakeError::UnsupportedVersion(version.to_owned()));
     }
     let key = headers
         .get(SEC_WEBSOCKET_KEY)

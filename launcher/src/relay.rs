@@ -627,14 +627,17 @@ where
         if std::mem::take(&mut self.control.ping_due) {
             return Some(Box::new(ControlFrame::ping(&[])));
         }
-        if self.down.start == self.down.end
-            && matches!(self.down.phase, Downstream::Closing(_))
-            && let Downstream::Closing(close) =
-                std::mem::replace(&mut self.down.phase, Downstream::Sending)
-        {
-            return Some(close);
+        if self.down.start < self.down.end {
+            return None;
         }
-        None
+        match std::mem::replace(&mut self.down.phase, Downstream::Sending) {
+            Downstream::Closing(close) => Some(close),
+            // Not closing: the phase stays what it was.
+            phase => {
+                self.down.phase = phase;
+                None
+            }
+        }
     }
 
     /// Writes client payload to the target. Returns true on progress.
