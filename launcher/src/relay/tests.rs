@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{CloseReason, Mode, Outcome, Progress, Relay, RelayOptions, run};
+use super::{CloseReason, DOWN_PAYLOAD, Mode, Outcome, Progress, Relay, RelayOptions, run};
 use crate::buffer::{BUF_SIZE, Buf, HEADROOM};
 use crate::frame;
 
@@ -270,6 +270,54 @@ async fn target_eof_delivers_everything_read_then_closes_1000() {
     assert_eq!(read_to_end(&mut client).await, b"");
     let mut target = writer.await.unwrap();
     assert_eq!(read_to_end(&mut target).await, b"");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_frame_to_the_client_is_at_most_64_kib_on_the_wire_in_both_payload_modes() {
+    for (mode, opcode) in [(Mode::Binary, 2), (Mode::Base64, 1)] {
+        let Session {
+            mut client,
+            mut target,
+            relay,
+            ..
+        } = Setup {
+            mode,
+            client_buffer: 1 << 20,
+            target_buffer: 1 << 20,
+            ..Setup::default()
+        }
+        .start();
+        // All of it waits in the pipe before the relay first reads, so reads are full.
+        let data = pattern(300_000);
+        target.write_all(&data).await.unwrap();
+        target.shutdown().await.unwrap();
+        let mut received = Vec::new();
+        let mut full = 0;
+        loop {
+            let frame = within("a frame", read_frame(&mut client)).await;
+            if frame.op == 8 {
+                break;
+            }
+            assert_eq!(frame.op, opcode, "{mode:?}");
+            // 4 header bytes for payloads of 126 to 65,535 bytes: a TLS client gets the
+            // frame in four full records.
+            assert!(
+                frame.payload.len() <= DOWN_PAYLOAD,
+                "{mode:?}: {}",
+                frame.payload.len()
+            );
+            full += usize::from(frame.payload.len() == DOWN_PAYLOAD);
+            match mode {
+                Mode::Base64 => received.extend(STANDARD.decode(&frame.payload).unwrap()),
+                _ => received.extend_from_slice(&frame.payload),
+            }
+        }
+        assert_eq!(DOWN_PAYLOAD + 4, 64 * 1024);
+        assert!(full >= 3, "{mode:?}: {full} full frames");
+        assert!(received == data, "{mode:?}: the data arrived changed");
+        client.write_all(&close_frame(1000, "")).await.unwrap();
+        outcome(relay).await;
+    }
 }
 
 #[tokio::test(start_paused = true)]
