@@ -984,6 +984,45 @@ and after (`--only connrate-16 --peers ours`, 3 rounds each, twice, quiet machin
 TCP relay 4,477-5,400 conn/s and 5,090-6,039 per CPU-second throughout. The hop from the
 accept thread to the worker that spawns sessions (kept for the memory after a spike, see the
 README) is the next wake-up to look at.
+
+**That hop, tried (2026-12-05) and not kept.** With the accept loop itself spawned on a runtime
+worker and sessions spawned straight from it (no wake-up of the accepting thread, no hop to the
+spawner), 4 alternating pairs of `--only connrate-16 --peers ours,bare --rounds 3` gave ours
+11,981 / 12,063 / 11,836 / 12,900 conn/s before and 12,877 / 12,927 / 13,053 / 12,936 after
+(ours / bare 0.83-0.98 → 0.96-1.02), per proxy CPU-second 12,745-14,175 before and
+13,886-14,468 after, the bare relay 12,552-14,503 throughout. But `ws-bench spike` (9,900 idle
+sessions opened, then closed) kept 21.1 MiB of the 24.4 MiB grown, against 7.9 of 25.2 before;
+the accept loop alone on a worker (spawner kept) kept 18.5, sessions spawned by the accepting
+thread itself 20.1. It is not the per-connection span: with spans filtered out (`RUST_LOG=warn`)
+the worker variant still kept 21.0. So allocations made where connections are accepted pin
+session pages when they share an arena with them, and which allocations those are is not found
+yet; `tests/e2e/memory.rs` holds the memory given back to at least half of the growth, so the
+hop stays until that is known.
+
+**wss:// down: one `writev` per frame.** `strace -f -c` over 256 MiB down through wss:// counted
+20,487 `sendto` for 4,096 frames: 5 per frame. rustls hands its encrypted records to the socket
+as one vectored write, but the client stream under TLS (`ClientStream`, and `Prefixed` in front
+of it) did not forward `poll_write_vectored`, and tokio's default writes only the first buffer:
+one system call per 16 KiB record. Forwarded, the count fell to 8,195 `writev` (2 per frame: a
+frame of 64 KiB of payload and its 10-byte header is four full records plus a fifth of 10
+bytes, encrypted and written after the first four). The relay now reads at most 65,532 bytes
+per frame, so that with its 4-byte header a frame is exactly 64 KiB, four full records: 4,100
+`writev` for 4,097 frames, the same one-to-one as the TLS relay (5,444 `recvfrom`, 5,444
+`writev`, by `strace -p` on it). In time, the vectored writes alone against the binary before
+them, 3 alternating pairs of `--only tls-down --rounds 3 --throughput-mib 1024`: ours / TLS
+relay 0.99, 0.92, 0.94 before, 0.95, 0.95, 0.97 after (noise); the 64 KiB frames against the
+vectored writes alone, 4 pairs: MiB/s 0.94, 0.95, 0.93, 0.89 → 0.98, 1.04, 1.03, 1.03 and per
+proxy CPU-second 0.86, 0.87, 0.91, 0.84 → 1.01, 0.97, 1.04, 1.03. `perf record` of ours and of
+the TLS relay over 4 GiB down then show the same entries in the same shares (AES-GCM 17 %, the
+loopback transmit under `_raw_spin_unlock_irqrestore` 20-23 %, the two copies 14-18 %). Plain
+ws:// down with the same frame size, 4 pairs of `throughput-down`: ours 1,080-1,243 MiB/s
+before and 1,159-1,215 after, per CPU-second 1,339-1,621 and 1,479-1,544: inside the noise.
+
+**The target's receive buffer.** The target socket asks for a 256 KiB receive buffer before it
+connects (the kernel doubles it to 512 KiB and stops autotuning it; the TCP relay leaves
+autotuning on). Without it, 6 alternating pairs of `throughput-down` (3 rounds of 1 GiB): ours
+1,143-1,211 MiB/s with it and 1,199-1,260 without, per proxy CPU-second 1,375-1,916 and
+1,649-2,029; in the noise, so it stays.
 ";
 
 pub fn write(

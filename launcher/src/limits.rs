@@ -18,6 +18,8 @@ pub struct Limits {
     max: Option<usize>,
     max_per_ip: Option<usize>,
     open: AtomicUsize,
+    /// The most open at once since [`Limits::take_peak`] last looked.
+    peak: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -65,10 +67,13 @@ impl Limits {
                 _ => Some(open + 1),
             });
         match taken {
-            Ok(_) => Ok(Slot {
-                limits: Arc::clone(self),
-                ip: None,
-            }),
+            Ok(before) => {
+                self.peak.fetch_max(before + 1, Ordering::AcqRel);
+                Ok(Slot {
+                    limits: Arc::clone(self),
+                    ip: None,
+                })
+            }
             Err(_) => Err(Over::Total(self.max.unwrap_or(0))),
         }
     }
@@ -82,6 +87,13 @@ impl Limits {
     /// Open client connections now.
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Acquire)
+    }
+
+    /// The most connections open at once since the last call (at least as many as are open
+    /// now), so that a spike that came and went between two looks is still seen.
+    pub fn take_peak(&self) -> usize {
+        let open = self.open();
+        self.peak.swap(open, Ordering::AcqRel).max(open)
     }
 }
 
@@ -145,6 +157,20 @@ mod tests {
         drop(a);
         assert!(!limits.full());
         assert!(limits.admit().is_ok());
+    }
+
+    #[test]
+    fn the_peak_keeps_a_spike_that_closed_before_the_look() {
+        let limits = Limits::new(None, None);
+        let spike: Vec<Slot> = (0..5).map(|_| limits.admit().unwrap()).collect();
+        let kept = limits.admit().unwrap();
+        drop(spike);
+        assert_eq!(limits.take_peak(), 6);
+        // The next look starts from what is open then.
+        assert_eq!(limits.take_peak(), 1);
+        drop(kept);
+        assert_eq!(limits.take_peak(), 1);
+        assert_eq!(limits.take_peak(), 0);
     }
 
     #[test]

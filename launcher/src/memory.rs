@@ -32,11 +32,12 @@ pub struct Trimmer {
 }
 
 impl Trimmer {
-    /// Takes the count open now; true when memory should be given back: the count fell by
-    /// at least [`TRIM_AFTER_DROP`] and to half of the high or less. The high then starts
-    /// again from `open`, so a long fall trims in a few steps, not every second.
-    pub fn observe(&mut self, open: usize) -> bool {
-        self.high = self.high.max(open);
+    /// Takes the most connections open at once since the last look and the count open now;
+    /// true when memory should be given back: the count fell by at least [`TRIM_AFTER_DROP`]
+    /// and to half of the high or less. The high then starts again from `open`, so a long
+    /// fall trims in a few steps, not every second.
+    pub fn observe(&mut self, peak: usize, open: usize) -> bool {
+        self.high = self.high.max(peak).max(open);
         if self.high - open >= TRIM_AFTER_DROP && open <= self.high / 2 {
             self.high = open;
             true
@@ -54,8 +55,11 @@ pub async fn trim_when_quiet(limits: Arc<Limits>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        // The peak, not only the count now: 2,000 sessions can open and close between two
+        // looks a second apart, and were then never trimmed for.
+        let peak = limits.take_peak();
         let open = limits.open();
-        if trimmer.observe(open) {
+        if trimmer.observe(peak, open) {
             match tokio::task::spawn_blocking(release_free_memory).await {
                 Ok(true) => tracing::debug!(open, "returned free memory to the system"),
                 Ok(false) => {}
@@ -87,26 +91,34 @@ mod tests {
     #[test]
     fn trims_once_the_count_falls_to_half_by_enough() {
         let mut t = Trimmer::default();
-        assert!(!t.observe(0));
-        assert!(!t.observe(10_000));
-        assert!(!t.observe(6_000), "not yet half");
-        assert!(t.observe(5_000));
+        assert!(!t.observe(0, 0));
+        assert!(!t.observe(10_000, 10_000));
+        assert!(!t.observe(6_000, 6_000), "not yet half");
+        assert!(t.observe(5_000, 5_000));
         // The high restarts from 5,000: no trim again until it halves again.
-        assert!(!t.observe(4_000));
-        assert!(t.observe(2_500));
-        assert!(t.observe(0));
-        assert!(!t.observe(0), "nothing more fell");
+        assert!(!t.observe(4_000, 4_000));
+        assert!(t.observe(2_500, 2_500));
+        assert!(t.observe(0, 0));
+        assert!(!t.observe(0, 0), "nothing more fell");
     }
 
     #[test]
     fn small_falls_never_trim() {
         let mut t = Trimmer::default();
         for _ in 0..100 {
-            assert!(!t.observe(TRIM_AFTER_DROP - 1));
-            assert!(!t.observe(0));
+            assert!(!t.observe(TRIM_AFTER_DROP - 1, TRIM_AFTER_DROP - 1));
+            assert!(!t.observe(0, 0));
         }
-        assert!(!t.observe(TRIM_AFTER_DROP));
-        assert!(t.observe(0));
+        assert!(!t.observe(TRIM_AFTER_DROP, TRIM_AFTER_DROP));
+        assert!(t.observe(0, 0));
+    }
+
+    #[test]
+    fn a_spike_between_two_looks_is_seen_by_its_peak() {
+        let mut t = Trimmer::default();
+        assert!(!t.observe(0, 0));
+        assert!(t.observe(2_000, 0));
+        assert!(!t.observe(0, 0));
     }
 
     #[test]
