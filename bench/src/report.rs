@@ -1005,9 +1005,9 @@ as one vectored write, but the client stream under TLS (`ClientStream`, and `Pre
 of it) did not forward `poll_write_vectored`, and tokio's default writes only the first buffer:
 one system call per 16 KiB record. Forwarded, the count fell to 8,195 `writev` (2 per frame: a
 frame of 64 KiB of payload and its 10-byte header is four full records plus a fifth of 10
-bytes, encrypted and written after the first four). The relay now reads at most 65,532 bytes
-per frame, so that with its 4-byte header a frame is exactly 64 KiB, four full records: 4,100
-`writev` for 4,097 frames, the same one-to-one as the TLS relay (5,444 `recvfrom`, 5,444
+bytes, encrypted and written after the first four). For a TLS client the relay now reads at
+most 65,532 bytes per frame, so that with its 4-byte header a frame is exactly 64 KiB, four
+full records: 4,100 `writev` for 4,097 frames, the same one-to-one as the TLS relay (5,444 `recvfrom`, 5,444
 `writev`, by `strace -p` on it). In time, the vectored writes alone against the binary before
 them, 3 alternating pairs of `--only tls-down --rounds 3 --throughput-mib 1024`: ours / TLS
 relay 0.99, 0.92, 0.94 before, 0.95, 0.95, 0.97 after (noise); the 64 KiB frames against the
@@ -1016,7 +1016,9 @@ proxy CPU-second 0.86, 0.87, 0.91, 0.84 → 1.01, 0.97, 1.04, 1.03. `perf record
 the TLS relay over 4 GiB down then show the same entries in the same shares (AES-GCM 17 %, the
 loopback transmit under `_raw_spin_unlock_irqrestore` 20-23 %, the two copies 14-18 %). Plain
 ws:// down with the same frame size, 4 pairs of `throughput-down`: ours 1,080-1,243 MiB/s
-before and 1,159-1,215 after, per CPU-second 1,339-1,621 and 1,479-1,544: inside the noise.
+before and 1,159-1,215 after, per CPU-second 1,339-1,621 and 1,479-1,544: inside the noise; and
+Autobahn 1.2.6-1.2.8 (a 65,535- or 65,536-byte message echoed by the target must come back as
+one message) then failed, so plain clients keep frames of up to 64 KiB of payload.
 
 **The target's receive buffer.** The target socket asks for a 256 KiB receive buffer before it
 connects (the kernel doubles it to 512 KiB and stops autotuning it; the TCP relay leaves

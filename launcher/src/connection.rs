@@ -268,6 +268,7 @@ impl Session {
             linger: std::time::Duration::from_secs(2),
             shutdown: shared.close_sessions.clone(),
             traffic: config.traffic,
+            tls_client: self.client.is_tls(),
         };
         let outcome = relay::run(
             &mut self.client,

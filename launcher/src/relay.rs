@@ -94,13 +94,14 @@ impl Mode {
     }
 }
 
-/// Most payload bytes per frame to the client in the binary modes (in base64, of its
+/// Most payload bytes per frame to a TLS client in the binary modes (in base64, of its
 /// encoding): with its 4-byte header a frame is then exactly 64 KiB, which TLS carries in four
 /// full 16 KiB records and one vectored write. A 64 KiB payload made a fifth record of 10
 /// bytes (its own encryption and `writev`): wss:// down went from 0.89-0.95x to 0.98-1.04x
-/// the TLS relay (4 alternating runs of 3 rounds, docs/benchmarks.md), plain ws:// did not
-/// change beyond the noise.
-const DOWN_PAYLOAD: usize = BUF_SIZE - 4;
+/// the TLS relay (4 alternating runs of 3 rounds, docs/benchmarks.md). Plain clients keep
+/// whole 64 KiB payloads: a 65,536-byte message echoed through the target then comes back as
+/// one frame (Autobahn 1.2.7), and in time the smaller frames were inside the noise there.
+const TLS_DOWN_PAYLOAD: usize = BUF_SIZE - 4;
 
 /// Most raw target bytes per frame in the Hixie mode: their base64 and the closing `0xFF`
 /// fit the buffer.
@@ -153,6 +154,8 @@ pub struct RelayOptions {
     pub shutdown: CancellationToken,
     /// Print upstream's per-frame traffic tokens to stdout (`--traffic`).
     pub traffic: bool,
+    /// The client is on TLS: frames to it are sized to fill whole TLS records.
+    pub tls_client: bool,
 }
 
 /// Why a session ended.
@@ -253,6 +256,9 @@ where
     let mut relay = Relay::new(client, target, mode, initial);
     relay.recording = recording;
     relay.traffic = options.traffic;
+    if options.tls_client {
+        relay.down_payload = TLS_DOWN_PAYLOAD;
+    }
     // Hixie clients have no ping.
     let heartbeat = options
         .heartbeat
@@ -420,6 +426,9 @@ struct Relay<'a, C, T> {
     recording: Option<Box<Recording>>,
     /// `--traffic`: print frame tokens.
     traffic: bool,
+    /// Most payload bytes per frame to the client in the binary modes (in base64, of the
+    /// encoding): [`BUF_SIZE`], or [`TLS_DOWN_PAYLOAD`] for a TLS client.
+    down_payload: usize,
 }
 
 /// Pongs queued per connection (128 bytes each) before older ones are dropped.
@@ -474,6 +483,7 @@ where
             bytes_to_client: 0,
             recording: None,
             traffic: false,
+            down_payload: BUF_SIZE,
         }
     }
 
@@ -719,8 +729,8 @@ where
             return false;
         }
         let limit = match self.mode {
-            Mode::Binary | Mode::Other => DOWN_PAYLOAD,
-            Mode::Base64 => DOWN_PAYLOAD / 4 * 3,
+            Mode::Binary | Mode::Other => self.down_payload,
+            Mode::Base64 => self.down_payload / 4 * 3,
             Mode::Hixie => HIXIE_RAW,
         };
         let result = {

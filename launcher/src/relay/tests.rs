@@ -16,7 +16,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{CloseReason, DOWN_PAYLOAD, Mode, Outcome, Progress, Relay, RelayOptions, run};
+use super::TLS_DOWN_PAYLOAD;
+use super::{CloseReason, Mode, Outcome, Progress, Relay, RelayOptions, run};
 use crate::buffer::{BUF_SIZE, Buf, HEADROOM};
 use crate::frame;
 
@@ -48,6 +49,7 @@ struct Setup {
     target_buffer: usize,
     heartbeat: Option<Duration>,
     initial: Bytes,
+    tls_client: bool,
 }
 
 impl Default for Setup {
@@ -58,6 +60,7 @@ impl Default for Setup {
             target_buffer: 64,
             heartbeat: None,
             initial: Bytes::new(),
+            tls_client: false,
         }
     }
 }
@@ -82,6 +85,7 @@ impl Setup {
             linger: LINGER,
             shutdown: shutdown.clone(),
             traffic: false,
+            tls_client: self.tls_client,
         };
         let relay = tokio::spawn(async move {
             run(
@@ -273,8 +277,16 @@ async fn target_eof_delivers_everything_read_then_closes_1000() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_frame_to_the_client_is_at_most_64_kib_on_the_wire_in_both_payload_modes() {
-    for (mode, opcode) in [(Mode::Binary, 2), (Mode::Base64, 1)] {
+async fn frames_to_the_client_carry_64_kib_or_for_tls_fill_four_records() {
+    let cases = [
+        (Mode::Binary, false, BUF_SIZE),
+        (Mode::Base64, false, BUF_SIZE),
+        (Mode::Binary, true, TLS_DOWN_PAYLOAD),
+        (Mode::Base64, true, TLS_DOWN_PAYLOAD),
+    ];
+    // 4 header bytes for payloads of 126 to 65,535 bytes: 64 KiB in all, four 16 KiB records.
+    assert_eq!(TLS_DOWN_PAYLOAD + 4, 64 * 1024);
+    for (mode, tls_client, most) in cases {
         let Session {
             mut client,
             mut target,
@@ -284,6 +296,7 @@ async fn a_frame_to_the_client_is_at_most_64_kib_on_the_wire_in_both_payload_mod
             mode,
             client_buffer: 1 << 20,
             target_buffer: 1 << 20,
+            tls_client,
             ..Setup::default()
         }
         .start();
@@ -298,23 +311,23 @@ async fn a_frame_to_the_client_is_at_most_64_kib_on_the_wire_in_both_payload_mod
             if frame.op == 8 {
                 break;
             }
-            assert_eq!(frame.op, opcode, "{mode:?}");
-            // 4 header bytes for payloads of 126 to 65,535 bytes: a TLS client gets the
-            // frame in four full records.
+            let case = format!("{mode:?}, TLS {tls_client}");
             assert!(
-                frame.payload.len() <= DOWN_PAYLOAD,
-                "{mode:?}: {}",
+                frame.payload.len() <= most,
+                "{case}: {}",
                 frame.payload.len()
             );
-            full += usize::from(frame.payload.len() == DOWN_PAYLOAD);
+            full += usize::from(frame.payload.len() == most);
             match mode {
                 Mode::Base64 => received.extend(STANDARD.decode(&frame.payload).unwrap()),
                 _ => received.extend_from_slice(&frame.payload),
             }
         }
-        assert_eq!(DOWN_PAYLOAD + 4, 64 * 1024);
-        assert!(full >= 3, "{mode:?}: {full} full frames");
-        assert!(received == data, "{mode:?}: the data arrived changed");
+        assert!(full >= 3, "{mode:?}, TLS {tls_client}: {full} full frames");
+        assert!(
+            received == data,
+            "{mode:?}, TLS {tls_client}: the data arrived changed"
+        );
         client.write_all(&close_frame(1000, "")).await.unwrap();
         outcome(relay).await;
     }
@@ -948,6 +961,7 @@ async fn a_target_error_sends_1011_and_the_linger_ends_a_silent_client() {
         linger: LINGER,
         shutdown: CancellationToken::new(),
         traffic: false,
+        tls_client: false,
     };
     let relay = tokio::spawn(async move {
         let mut target = FailingTarget;
