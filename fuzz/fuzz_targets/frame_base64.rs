@@ -55,6 +55,7 @@ fn options() -> RelayOptions {
         linger: Duration::from_secs(2),
         shutdown: CancellationToken::new(),
         traffic: false,
+        tls_client: false,
     }
 }
 

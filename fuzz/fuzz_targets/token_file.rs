@@ -20,6 +20,12 @@ fuzz_target!(|data: &[u8]| {
             assert!(!token.is_empty());
             assert_eq!(token, token.trim());
             check_target(&target);
+            // A TCP host spelled `unix_socket` (reached through padding the parser trims)
+            // has no line form of its own: `unix_socket:PORT` names a unix socket, as
+            // upstream reads it (the same skip as in token_value).
+            if matches!(&target, Target::Tcp { host, .. } if host == "unix_socket") {
+                continue;
+            }
             let again = format!("{token}: {}", line_form(&target));
             assert_eq!(
                 token_line(&again),
