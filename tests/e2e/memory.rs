@@ -113,8 +113,11 @@ async fn memory_grown_by_a_spike_of_idle_sessions_is_given_back() {
     // Most of the growth comes back; timing is not asserted, only that it happens. What
     // stays is about 1 KiB per session (pooled span slots, allocator pages still pinned):
     // 2.0 MiB of 10.7 when an idle session's task was 4.2 KiB, 2.0 MiB of 5.4 since it is
-    // 1.3 KiB, so the bound is half of the growth (a third failed once growth halved).
-    let bound = before + grown / 2;
+    // 1.3 KiB (1.8 to 2.2 MiB in 10 runs alone, under load and in the suite on 2026-12-05;
+    // once 3.3 MiB, in a CI run of the suite). So the bound is two thirds of the growth: a
+    // spike that is not given back at all (nothing trimmed, or every page pinned) keeps
+    // all of it, which is what this test is for.
+    let bound = before + grown * 2 / 3;
     let back = eventually(STEP * 2, || rss(pid) <= bound).await;
     let after = rss(pid);
     eprintln!(
