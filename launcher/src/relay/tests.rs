@@ -16,8 +16,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::TLS_DOWN_PAYLOAD;
-use super::{CloseReason, Mode, Outcome, Progress, Relay, RelayOptions, run};
+use super::{CloseReason, Mode, Outcome, Progress, Relay, RelayOptions, TLS_DOWN_PAYLOAD, run};
 use crate::buffer::{BUF_SIZE, Buf, HEADROOM};
 use crate::frame;
 
